@@ -1,0 +1,504 @@
+"""The agent loop: a batch of episodes stepped through an explicit state machine.
+
+    loop = AgentLoop(engine, tools={"python": PythonTool()}, config=AgentConfig(protocol="code"))
+    trajectories = loop.run([(example, sample_index), ...])
+
+Each episode is in one of three states:
+
+    GENERATE ──► (parse the turn) ──► ACT ──► GENERATE ... ──► DONE(stop_reason)
+
+GENERATE: all episodes waiting for the model are sent to the engine together, one
+batch per (token budget, stop strings) key. The sampled tokens are appended exactly
+as generated, with their logprobs, as a `model` segment; if the turn ran past the end
+of a tool call, the tokens after it are dropped (never re-tokenised).
+ACT: calls run concurrently in a thread pool (the sandbox pool does the isolation);
+each observation is appended as `template` and `tool` segments with loss mask 0.
+DONE: one of answer | length | max_turns | tool_error | context_overflow | error.
+
+Budgets: max turns, max tool calls (in total and per tool), max new tokens per turn and
+per trajectory, and the context length. When a call budget is spent, the next turn is
+generated without the tool stop strings so the model must finish (ToRL's last round);
+a call written in that turn is recorded on the trajectory but not run.
+
+Failures are data, never exceptions out of `run`: a malformed call becomes an observation
+telling the model what was wrong; a crashing tool ends that episode with `tool_error`;
+an engine failure ends the affected episodes with `error`. Other episodes go on.
+
+What this loop does not do: score trajectories (see rewards/) or batch across calls of
+`run` (continuous batching belongs to the engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from trajlab.agent.protocols import (
+    ANSWER_RE,
+    PROTOCOLS,
+    Action,
+    NativeProtocol,
+    get_protocol,
+    truncate_observation,
+)
+from trajlab.config import opt
+from trajlab.engines.base import Engine, Generation, SamplingParams
+from trajlab.tools.base import Tool, ToolResult
+from trajlab.types import Example, Segment, ToolCall, Trajectory
+
+log = logging.getLogger(__name__)
+
+# JSON schemas offered to chat templates in the native protocol.
+TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
+    "python": {
+        "type": "function",
+        "function": {
+            "name": "python",
+            "description": "Run a Python program and return what it prints.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string", "description": "a complete Python program"}
+                },
+                "required": ["code"],
+            },
+        },
+    },
+    "search": {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the document collection and return the top passages.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "a short keyword query"}},
+                "required": ["query"],
+            },
+        },
+    },
+}
+
+
+@dataclass
+class AgentConfig:
+    protocol: str = opt("code", "how tool calls are written and answered", choices=tuple(PROTOCOLS))
+    tools: list[str] = opt(["python"], "tools the model may call (empty: plain reasoning, no tool)")
+    max_turns: int = opt(4, "maximum model generation turns per trajectory")
+    max_tool_calls: int = opt(3, "maximum tool calls per trajectory, all tools together")
+    max_calls_per_tool: dict[str, int] = opt({}, "optional per-tool call limits, e.g. {search: 2}")
+    max_new_tokens_per_turn: int = opt(512, "token budget of one generation turn")
+    max_new_tokens: int = opt(1024, "token budget of the whole response (model and tool tokens)")
+    max_context: int = opt(0, "context length limit in tokens; 0 uses the model's own limit")
+    observation_max_chars: int = opt(
+        400, "keep head and tail of longer observations (CIR: 200 + 200); 0 keeps all"
+    )
+    stateful: bool = opt(False, "keep Python variables between the calls of one trajectory")
+    tool_threads: int = opt(8, "threads that wait on tool calls concurrently")
+
+    def __post_init__(self) -> None:
+        for name, lo in (
+            ("max_turns", 1),
+            ("max_tool_calls", 0),
+            ("max_new_tokens_per_turn", 1),
+            ("max_new_tokens", 1),
+        ):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+
+
+@dataclass
+class _Episode:
+    example: Example
+    traj: Trajectory
+    ids: list[int]  # the whole context so far
+    prompt_len: int
+    turns: int = 0
+    calls: int = 0
+    calls_by_tool: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    void_turns: int = 0
+    session: Any = None
+    pending: Action | None = None
+    done: bool = False
+
+    @property
+    def response_len(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+PromptBuilder = Callable[[Example], list[dict[str, str]]]
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        engine: Engine,
+        tools: dict[str, Tool],
+        config: AgentConfig,
+        sampling: SamplingParams | None = None,
+        prompt_builder: PromptBuilder | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tok = engine.tokenizer
+        self.config = config
+        self.sampling = sampling or SamplingParams()
+        self.protocol = get_protocol(config.protocol)
+        missing = [t for t in config.tools if t not in tools]
+        if missing:
+            raise ValueError(
+                f"tools {missing} are enabled in the config but were not provided to the agent loop"
+            )
+        self.tools = {name: tools[name] for name in config.tools}
+        if prompt_builder is None:
+            from trajlab.tasks.prompts import render_messages
+
+            proto_name = config.protocol if config.tools else "none"
+
+            def prompt_builder(ex: Example) -> list[dict[str, str]]:
+                return render_messages(ex, proto_name)
+
+        self.prompt_builder = prompt_builder
+        self.max_context = config.max_context or _model_context(engine)
+        if isinstance(self.protocol, NativeProtocol) and self.tools:
+            _check_template_supports_tools(self.tok, list(self.tools))
+
+    # -- public -------------------------------------------------------------
+    def run(
+        self, jobs: Sequence[tuple[Example, int]], group_ids: Sequence[str] | None = None
+    ) -> list[Trajectory]:
+        """Roll out one trajectory per (example, sample_index) job, in the order given."""
+        episodes = [
+            self._start(ex, i, group_ids[k] if group_ids else ex.id)
+            for k, (ex, i) in enumerate(jobs)
+        ]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
+            while True:
+                waiting = [e for e in episodes if not e.done and e.pending is None]
+                if not waiting:
+                    break
+                self._generate(waiting)
+                acting = [e for e in episodes if not e.done and e.pending is not None]
+                self._act(acting, pool)
+        for e in episodes:
+            self._finish(e)
+        log.debug("rolled out %d trajectories in %.1fs", len(episodes), time.perf_counter() - t0)
+        return [e.traj for e in episodes]
+
+    # -- states ----------------------------------------------------------------
+    def _start(self, example: Example, sample_index: int, group_id: str) -> _Episode:
+        traj = Trajectory(example_id=example.id, group_id=group_id, sample_index=sample_index)
+        messages = self.prompt_builder(example)
+        text = self._render_prompt(messages)
+        ids = self.tok.encode(text, add_special_tokens=False)
+        traj.add(Segment("prompt", ids, text=text))
+        ep = _Episode(example=example, traj=traj, ids=list(ids), prompt_len=len(ids))
+        ep.traj.metadata["messages"] = messages
+        if (
+            self.config.stateful
+            and "python" in self.tools
+            and hasattr(self.tools["python"], "open_session")
+        ):
+            ep.session = self.tools["python"].open_session()
+        if len(ids) >= self.max_context:
+            self._end(
+                ep,
+                "context_overflow",
+                f"prompt has {len(ids)} tokens; context limit is {self.max_context}",
+            )
+        return ep
+
+    def _generate(self, episodes: list[_Episode]) -> None:
+        batches: dict[tuple[int, tuple[str, ...]], list[_Episode]] = defaultdict(list)
+        for e in episodes:
+            budget = min(
+                self.config.max_new_tokens_per_turn,
+                self.config.max_new_tokens - e.response_len,
+                self.max_context - len(e.ids),
+            )
+            if budget <= 0:
+                reason = "context_overflow" if self.max_context - len(e.ids) <= 0 else "length"
+                self._end(e, reason)
+                continue
+            stops = (
+                () if self._final_turn(e) else tuple(self.protocol.stop_strings(list(self.tools)))
+            )
+            batches[(budget, stops)].append(e)
+        for (budget, stops), group in batches.items():
+            params = SamplingParams(
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                top_k=self.sampling.top_k,
+                max_new_tokens=budget,
+                seed=None
+                if self.sampling.seed is None
+                else self.sampling.seed + 7919 * group[0].turns,
+            )
+            try:
+                gens = self.engine.generate([e.ids for e in group], params, stop=list(stops))
+                if len(gens) != len(group):
+                    raise RuntimeError(
+                        f"engine returned {len(gens)} generations for {len(group)} prompts"
+                    )
+            except Exception as exc:  # an engine failure ends these episodes, not the batch
+                log.error("engine failed on %d episodes: %s", len(group), exc)
+                for e in group:
+                    self._end(e, "error", f"engine error: {exc!r}")
+                continue
+            for e, g in zip(group, gens):
+                self._take_turn(e, g, final=not stops)
+
+    def _take_turn(self, e: _Episode, g: Generation, final: bool) -> None:
+        e.turns += 1
+        text = g.text or self.tok.decode(g.token_ids)
+        ids, logprobs = list(g.token_ids), list(g.logprobs)
+        action = self.protocol.parse(text, list(self.tools))
+        if final:
+            # Generated without tool stop strings: nothing will be run, keep the whole turn.
+            e.ids.extend(ids)
+            e.traj.add(Segment("model", ids, text=text, logprobs=logprobs))
+            if ANSWER_RE.search(text):
+                self._end(e, "answer")
+            elif action.kind in ("call", "bad_call") and self.tools:
+                # The call budget is spent: the call is recorded but never run.
+                e.traj.tool_calls.append(
+                    ToolCall(
+                        action.tool or "?",
+                        action.args,
+                        ok=False,
+                        status="limit",
+                        error="call budget exhausted",
+                        turn=e.turns,
+                    )
+                )
+                self._end(e, "max_turns")
+            else:
+                e.void_turns += action.kind == "void" and bool(self.tools)
+                self._end(e, "length" if g.finish_reason == "length" else "answer")
+            return
+        if action.end is not None and action.end < len(text):
+            # The turn ran past the end of the call (e.g. a stop token spanning the fence):
+            # drop the tokens after it, as CIR's interaction-boundary matching does.
+            keep = _tokens_covering(self.tok, ids, action.end)
+            ids, logprobs = ids[:keep], logprobs[:keep]
+            text = self.tok.decode(ids)
+        e.ids.extend(ids)
+        e.traj.add(Segment("model", ids, text=text, logprobs=logprobs))
+        if action.kind in ("call", "bad_call"):
+            e.pending = action
+            return
+        if action.kind == "void":
+            e.void_turns += 1
+        self._end(e, "length" if g.finish_reason == "length" else "answer")
+
+    def _act(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:
+        futures = []
+        for e in episodes:
+            action = e.pending
+            assert action is not None
+            e.calls += 1
+            if action.kind == "bad_call":
+                result = ToolResult(
+                    output=f"Error: {action.error}",
+                    ok=False,
+                    status="parse_error",
+                    error=action.error,
+                )
+                futures.append((e, action, None, result))
+                continue
+            e.calls_by_tool[action.tool] += 1
+            limit = self.config.max_calls_per_tool.get(action.tool)
+            if limit is not None and e.calls_by_tool[action.tool] > limit:
+                msg = f"the {action.tool} tool may be called at most {limit} times"
+                futures.append(
+                    (
+                        e,
+                        action,
+                        None,
+                        ToolResult(output=f"Error: {msg}", ok=False, status="limit", error=msg),
+                    )
+                )
+                continue
+            tool = (
+                e.session
+                if (e.session is not None and action.tool == "python")
+                else self.tools[action.tool]
+            )
+            futures.append((e, action, pool.submit(_timed_run, tool, action.args), None))
+        for e, action, fut, result in futures:
+            e.pending = None
+            if fut is not None:
+                try:
+                    result = fut.result()
+                except Exception as exc:  # the tool itself broke: end this episode only
+                    e.traj.tool_calls.append(
+                        ToolCall(
+                            action.tool or "?",
+                            action.args,
+                            ok=False,
+                            status="tool_error",
+                            error=repr(exc),
+                            turn=e.turns,
+                        )
+                    )
+                    self._end(
+                        e,
+                        "tool_error",
+                        f"tool {action.tool} raised: {exc!r}\n{traceback.format_exc(limit=3)}",
+                    )
+                    continue
+            assert result is not None
+            e.traj.tool_calls.append(
+                ToolCall(
+                    action.tool or "?",
+                    action.args,
+                    result=result.output,
+                    ok=result.ok,
+                    latency_s=result.latency_s,
+                    error=result.error,
+                    status=result.status,
+                    turn=e.turns,
+                )
+            )
+            self._append_observation(e, action.tool or "?", result.output)
+
+    # -- helpers ---------------------------------------------------------------
+    def _final_turn(self, e: _Episode) -> bool:
+        return (
+            e.turns + 1 >= self.config.max_turns
+            or e.calls >= self.config.max_tool_calls
+            or not self.tools
+        )
+
+    def _append_observation(self, e: _Episode, tool: str, output: str) -> None:
+        shown = truncate_observation(output, self.config.observation_max_chars)
+        if isinstance(self.protocol, NativeProtocol):
+            pieces = _native_observation(self.tok, e.traj.metadata["messages"], tool, shown)
+        else:
+            pre, post = self.protocol.render_result(tool, "\x00").split("\x00")
+            pieces = [("template", pre), ("tool", shown), ("template", post)]
+        added = 0
+        for source, text in pieces:
+            if not text:
+                continue
+            ids = self.tok.encode(text, add_special_tokens=False)
+            e.traj.add(Segment(source, ids, text=text))
+            e.ids.extend(ids)
+            added += len(ids)
+        if len(e.ids) >= self.max_context:
+            self._end(e, "context_overflow", "observation filled the context")
+        elif e.response_len >= self.config.max_new_tokens:
+            self._end(e, "length")
+
+    def _render_prompt(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tok, "chat_template", None):
+            kw: dict[str, Any] = {}
+            if isinstance(self.protocol, NativeProtocol) and self.tools:
+                kw["tools"] = [TOOL_SCHEMAS[t] for t in self.tools if t in TOOL_SCHEMAS]
+            return self.tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **kw
+            )
+        # Base models without a chat template: plain text, system text first.
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def _end(self, e: _Episode, reason: str, error: str | None = None) -> None:
+        e.done = True
+        e.pending = None
+        e.traj.stop_reason = reason
+        if error:
+            e.traj.metadata["error"] = error
+
+    def _finish(self, e: _Episode) -> None:
+        if e.session is not None:
+            try:
+                e.session.close()
+            except Exception as exc:  # closing a session must not lose the trajectory
+                log.warning("closing a python session failed: %r", exc)
+        md = e.traj.metadata
+        md.pop("messages", None)
+        md.update(
+            turns=e.turns,
+            tool_calls=len(e.traj.tool_calls),
+            tool_calls_by_tool=dict(e.calls_by_tool),
+            void_turns=e.void_turns,
+            response_tokens=e.response_len,
+            model_tokens=e.traj.num_model_tokens,
+            protocol=self.config.protocol,
+        )
+
+
+def _timed_run(tool: Tool, args: dict[str, Any]) -> ToolResult:
+    t0 = time.perf_counter()
+    r = tool.run(args)
+    if not r.latency_s:
+        r.latency_s = time.perf_counter() - t0
+    return r
+
+
+def _tokens_covering(tok: Any, ids: list[int], end_char: int) -> int:
+    """Smallest k such that decode(ids[:k]) reaches `end_char` characters."""
+    k = len(ids)
+    while k > 1 and len(tok.decode(ids[: k - 1])) >= end_char:
+        k -= 1
+    return k
+
+
+def _model_context(engine: Engine) -> int:
+    model = getattr(engine, "model", None)
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(n) if n else 8192
+
+
+_PLACEHOLDER = "\x01TRAJLAB-ASSISTANT-TURN\x01"
+
+
+def _check_template_supports_tools(tok: Any, tools: list[str]) -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(
+            "protocol 'native' needs a tokenizer with a chat template; use protocol 'code' or 'tags'"
+        )
+    plain = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    with_tools = tok.apply_chat_template(
+        msgs,
+        tokenize=False,
+        add_generation_prompt=True,
+        tools=[TOOL_SCHEMAS[t] for t in tools if t in TOOL_SCHEMAS],
+    )
+    if plain == with_tools:
+        raise ValueError(
+            "this tokenizer's chat template ignores the `tools` list, so protocol 'native' cannot offer tools; "
+            "use protocol 'code' or 'tags' instead"
+        )
+
+
+def _native_observation(
+    tok: Any, messages: list[dict[str, str]], tool: str, result: str
+) -> list[tuple[str, str]]:
+    """Template text between the end of an assistant turn and the next assistant turn.
+
+    Rendered twice (with and without the tool message) and cut at a placeholder, so the
+    model's own tokens are never rendered or re-tokenised.
+    """
+    asst = {"role": "assistant", "content": _PLACEHOLDER}
+    a = tok.apply_chat_template(messages + [asst], tokenize=False)
+    b = tok.apply_chat_template(
+        messages + [asst, {"role": "tool", "name": tool, "content": result}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    cut = a.index(_PLACEHOLDER) + len(_PLACEHOLDER)
+    if not b.startswith(a[:cut]):
+        raise ValueError(
+            "chat template renders earlier turns differently when a tool message follows"
+        )
+    obs = b[cut:]
+    at = obs.rfind(result) if result else -1
+    if at < 0:
+        return [("template", obs)]
+    return [("template", obs[:at]), ("tool", result), ("template", obs[at + len(result) :])]
