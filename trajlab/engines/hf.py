@@ -1,0 +1,274 @@
+"""The Hugging Face engine: batched sampling with a KV cache, in our own decode loop.
+
+    engine = HFEngine.from_spec("default", max_batch_size=16)
+    gens = engine.generate([prompt_ids, ...], SamplingParams(temperature=0.7, seed=1), stop=["```\\n"])
+
+How it works, per batch of at most `max_batch_size` prompts:
+  1. prefill: prompts are left-padded into one [B, L] batch (position ids come from the
+     attention mask, so padding does not shift positions) and run once, filling the KV cache;
+  2. decode: one token per step for every live sequence. Each step picks a token
+     (greedy argmax, or a sample from the temperature/top-k/top-p filtered distribution),
+     records its logprob under the full-vocabulary softmax(logits / temperature), and
+     checks that sequence's own end: EOS (kept in the output), the first completed stop
+     string (the completing token is kept), or max_new_tokens;
+  3. finished sequences leave the batch: their rows are dropped from the KV cache, the
+     attention mask and the position ids, so later steps only compute live rows.
+
+Sampling is reproducible: each prompt gets its own torch.Generator seeded from
+(params.seed, prompt index), so a given seed gives the same outputs on every call,
+whatever the batch size or which sequences finish first.
+
+Why not `model.generate`: we need per-sequence stop strings that keep the completing
+token, per-token logprobs in our convention (engines/base.py) and, later, control over
+scheduling. Under greedy decoding this loop reproduces `model.generate` token for token
+(tested).
+
+What it does not do (yet): continuous batching (new prompts joining a running batch),
+prefix caching, or trimming left padding that no live row needs any more. Stop strings
+are detected by decoding a sequence's new tokens in full at every step: simple and
+correct for every tokenizer, quadratic in the length of very long generations.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from trajlab.engines.base import Generation, SamplingParams
+
+_GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, index) pairs over the 64-bit seed space
+
+
+@dataclass
+class _Sequence:
+    """Decoding state of one prompt."""
+
+    index: int  # position in the caller's prompt list
+    rng: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_string: str | None = None
+
+
+class HFEngine:
+    """Engine over a transformers causal LM and its tokenizer (see module docstring)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        max_batch_size: int = 16,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.eos_token_ids = set(
+            eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer)
+        )
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def from_spec(
+        cls,
+        model_spec: str,
+        dtype: torch.dtype | str = torch.float32,
+        device: str = "cpu",
+        **kw,
+    ) -> HFEngine:
+        """Load a model spec (HF dir, .gguf, 'default'; see trajlab.models) into an engine."""
+        from trajlab.models import load_model, load_tokenizer
+
+        return cls(
+            load_model(model_spec, dtype=dtype, device=device), load_tokenizer(model_spec), **kw
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        stop: Sequence[str] = (),
+    ) -> list[Generation]:
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        base_seed = params.seed if params.seed is not None else secrets.randbits(63)
+        seqs = [
+            _Sequence(i, None if params.greedy else _rng(base_seed, i)) for i in range(len(prompts))
+        ]
+        # Batch prompts of similar length together so little compute goes to padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for s in range(0, len(order), self.max_batch_size):
+            chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
+            self._decode_batch([list(prompts[q.index]) for q in chunk], chunk, params, list(stop))
+        return [self._to_generation(q) for q in seqs]
+
+    # -- the decode loop ---------------------------------------------------------
+
+    def _decode_batch(
+        self,
+        prompts: list[list[int]],
+        seqs: list[_Sequence],
+        params: SamplingParams,
+        stop: list[str],
+    ) -> None:
+        from transformers import DynamicCache
+
+        ids, mask = self._left_pad(prompts)  # [B, L], [B, L]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1].float()  # [B, V]
+        next_pos = positions[:, -1] + 1  # [B]
+        live = list(seqs)
+        while True:
+            tokens, logprobs = _pick(logits, params, [q.rng for q in live])  # [b], [b]
+            keep = [
+                j
+                for j, q in enumerate(live)
+                if not self._append(q, tokens[j], logprobs[j], params, stop)
+            ]
+            if not keep:
+                return
+            if len(keep) < len(live):  # drop finished rows everywhere, including the KV cache
+                idx = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(idx)
+                mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
+                live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # [b, L + step]
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()  # [b, V]
+            next_pos = next_pos + 1
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        L = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), L), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), L), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[b, L - len(p) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _append(
+        self, q: _Sequence, token: torch.Tensor, logprob: torch.Tensor, params, stop
+    ) -> bool:
+        """Record one sampled token; return True if the sequence is now finished."""
+        tok = int(token)
+        q.token_ids.append(tok)
+        q.logprobs.append(float(logprob))
+        if tok in self.eos_token_ids:
+            q.finish_reason = "eos"
+        elif stop and (hit := _first_stop(self._decode(q.token_ids), stop)) is not None:
+            q.finish_reason, q.stop_string = "stop", hit
+        elif len(q.token_ids) >= params.max_new_tokens:
+            q.finish_reason = "length"
+        return q.finish_reason is not None
+
+    def _decode(self, token_ids: list[int]) -> str:
+        # Special tokens stay in the text, so stop strings such as "<|im_end|>" are seen.
+        return self.tokenizer.decode(
+            token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def _to_generation(self, q: _Sequence) -> Generation:
+        return Generation(
+            token_ids=q.token_ids,
+            logprobs=q.logprobs,
+            finish_reason=q.finish_reason or "length",
+            stop_string=q.stop_string,
+            text=self._decode(q.token_ids),
+        )
+
+
+# -- pure helpers -------------------------------------------------------------------
+
+
+def _rng(base_seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((base_seed * _GOLDEN + index) % (1 << 63))
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """EOS ids from the generation config (may be a list) and the tokenizer."""
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.append(source)
+        elif source is not None:
+            ids.extend(source)
+    return ids
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> str | None:
+    """The stop string whose first occurrence in `text` ends earliest (ties: earlier in `stop`)."""
+    best, best_end = None, None
+    for s in stop:
+        i = text.find(s)
+        if i >= 0 and (best_end is None or i + len(s) < best_end):
+            best, best_end = s, i + len(s)
+    return best
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k and the top-p nucleus to -inf. [b, V] -> [b, V].
+
+    top-p keeps the smallest set of most likely tokens whose probability reaches top_p
+    (always at least one token), as in Holtzman et al. 2020 (arXiv:1904.09751).
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [b, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [b, V]
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass strictly ahead of each token
+        drop_sorted = before >= top_p  # the first token always has before = 0 and stays
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _pick(
+    logits: torch.Tensor, params: SamplingParams, rngs: list[torch.Generator | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose one token per row. logits [b, V] float32 -> tokens [b] long, logprobs [b] float32.
+
+    The logprob is taken under softmax(logits / T) over the full vocabulary, before
+    top-k/top-p truncation; greedy reports T = 1 (the convention in engines/base.py).
+    """
+    temperature = 1.0 if params.greedy else params.temperature
+    scaled = logits / temperature  # [b, V]
+    if params.greedy:
+        tokens = scaled.argmax(-1)  # [b]
+    else:
+        probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)  # [b, V]
+        tokens = torch.cat(
+            [torch.multinomial(probs[j].cpu(), 1, generator=g) for j, g in enumerate(rngs)]
+        ).to(logits.device)  # [b]; one generator per sequence keeps samples batch-independent
+    logprobs = F.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)  # [b]
+    return tokens, logprobs

