@@ -1,0 +1,164 @@
+"""Prompt templates, one per tool protocol, and the function that turns an Example into messages.
+
+How it is used:
+
+    messages = render_messages(example, "code")   # [{"role": "system", ...}, ..., {"role": "user", ...}]
+
+The agent loop turns these messages into token ids with the tokenizer's chat
+template; for `native` it also passes the tool list to that template.
+
+Protocols (SEED_SPECS.md section 0):
+* `code`: the model writes ```python ... ``` and reads ```output ... ``` (as CIR, ToRL);
+  final answer in \\boxed{}.
+* `tags`: <python>...</python> answered by <result>...</result>, reasoning in
+  <think>, final answer as <answer>\\boxed{...}</answer> (as Tool-Star).
+* `native`: the chat template's own tool-call format; the text only explains the task.
+* `none`: no tool; plain step-by-step reasoning with \\boxed{}.
+
+Departures: the texts are our own, shorter than the papers' (the default model
+has 135M parameters and a short attention span). `few_shot` adds one tiny worked
+example as a previous user/assistant exchange; it is on by default for `code`
+and `tags`, where a small model otherwise rarely produces the call syntax.
+The examples mirror how the agent loop writes observations (```output ... ```
+after a newline for `code`, " <result>\\n...\\n</result>" for `tags`).
+
+What it does not do: tokenise, or define the tool schema for `native`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trajlab.types import Example
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The messages a protocol starts from. `user` contains `{question}` exactly once."""
+
+    protocol: str
+    user: str  # the user message; "{question}" is replaced by the question text
+    system: str | None = None  # optional system message
+    example_question: str | None = None  # few-shot: a tiny question ...
+    example_response: str | None = None  # ... and a model turn solving it in the protocol's format
+    few_shot_default: bool = False  # whether render_messages includes the example by default
+
+    def __post_init__(self) -> None:
+        if self.user.count("{question}") != 1:
+            raise ValueError(
+                f"prompt {self.protocol!r}: `user` must contain '{{question}}' exactly once"
+            )
+        if (self.example_question is None) != (self.example_response is None):
+            raise ValueError(
+                f"prompt {self.protocol!r}: give both example_question and example_response"
+            )
+        if self.few_shot_default and self.example_question is None:
+            raise ValueError(f"prompt {self.protocol!r}: few_shot_default needs an example")
+
+    def format_user(self, question: str) -> str:
+        # str.replace, not str.format: questions and templates both contain LaTeX braces.
+        return self.user.replace("{question}", question)
+
+
+_EXAMPLE_QUESTION = "What is 1234 * 56 + 789?"  # 1234 * 56 = 69104; 69104 + 789 = 69893
+
+PROMPTS: dict[str, PromptTemplate] = {
+    "code": PromptTemplate(
+        protocol="code",
+        system=(
+            "You are a careful math assistant who can run Python.\n"
+            "To run code, write it between ```python and ```, and print() what you need. "
+            "The printed result comes back between ```output and ```.\n"
+            "Each code block runs on its own: define every variable it uses.\n"
+            "At the end, write the final answer as \\boxed{answer}."
+        ),
+        user="{question}",
+        example_question=_EXAMPLE_QUESTION,
+        example_response=(
+            "Let me compute it with Python.\n"
+            "```python\nprint(1234 * 56 + 789)\n```\n"
+            "```output\n69893\n```\n"
+            "The answer is \\boxed{69893}."
+        ),
+        few_shot_default=True,
+    ),
+    "tags": PromptTemplate(
+        protocol="tags",
+        system=(
+            "You are a careful math assistant who can run Python.\n"
+            "Think inside <think> and </think>.\n"
+            "To run code, write it between <python> and </python>, and print() what you need. "
+            "The printed result comes back between <result> and </result>.\n"
+            "Each code block runs on its own: define every variable it uses.\n"
+            "At the end, write the final answer as <answer>\\boxed{answer}</answer>."
+        ),
+        user="{question}",
+        example_question=_EXAMPLE_QUESTION,
+        example_response=(
+            "<think>I need 1234 * 56 + 789. Python can compute it.</think>\n"
+            "<python>print(1234 * 56 + 789)</python> <result>\n69893\n</result>\n"
+            "<think>The result is 69893.</think>\n"
+            "<answer>\\boxed{69893}</answer>"
+        ),
+        few_shot_default=True,
+    ),
+    "native": PromptTemplate(
+        protocol="native",
+        system=(
+            "You are a careful math assistant. You can call the python tool to run code; "
+            "print() the values you need.\n"
+            "At the end, write the final answer as \\boxed{answer}."
+        ),
+        user="{question}",
+    ),
+    "none": PromptTemplate(
+        protocol="none",
+        system=(
+            "You are a careful math assistant. Solve the problem step by step, "
+            "then write the final answer as \\boxed{answer}."
+        ),
+        user="{question}",
+        example_question=_EXAMPLE_QUESTION,
+        example_response="1234 * 56 = 69104. Then 69104 + 789 = 69893. The answer is \\boxed{69893}.",
+    ),
+}
+
+
+def get_prompt(protocol: str) -> PromptTemplate:
+    """The template of `protocol`; an unknown name lists the valid ones."""
+    if protocol not in PROMPTS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROMPTS)}")
+    return PROMPTS[protocol]
+
+
+def render_messages(
+    example: Example,
+    protocol: str,
+    few_shot: bool | None = None,
+    merge_system: bool = False,
+) -> list[dict[str, str]]:
+    """Chat messages for `example` under `protocol`.
+
+    few_shot:     include the worked example (None: the protocol's default).
+    merge_system: put the system text at the top of the first user message, for
+                  chat templates without a system role.
+    """
+    template = get_prompt(protocol)
+    use_example = template.few_shot_default if few_shot is None else few_shot
+    if use_example and template.example_question is None:
+        raise ValueError(f"protocol {protocol!r} has no few-shot example; use few_shot=False")
+    turns: list[tuple[str, str]] = []
+    if use_example:
+        assert template.example_question is not None and template.example_response is not None
+        turns += [
+            ("user", template.format_user(template.example_question)),
+            ("assistant", template.example_response),
+        ]
+    turns.append(("user", template.format_user(example.question)))
+    messages = [{"role": role, "content": content} for role, content in turns]
+    if template.system:
+        if merge_system:
+            messages[0]["content"] = template.system + "\n\n" + messages[0]["content"]
+        else:
+            messages.insert(0, {"role": "system", "content": template.system})
+    return messages
