@@ -186,27 +186,28 @@ class PolicyLossConfig:
     """Options of the policy loss; each names the paper it comes from. Defaults follow CIR's
     run.sh (clip 0.2/0.28, dual-clip 3.0, token-mean, no KL, no entropy)."""
 
-    clip_low: float = 0.2  # ratio floor 1 - clip_low (PPO, arXiv 1707.06347)
-    clip_high: float = (
-        0.28  # ratio ceiling 1 + clip_high; 0.28 > 0.2 is clip-higher (DAPO, arXiv 2503.14476)
-    )
-    dual_clip: float | None = (
-        3.0  # c > 1 bounding -A*ratio for A < 0 (Ye et al., arXiv 1912.09729); None = off
-    )
-    ratio_level: str = "token"  # "token" (PPO) | "sequence" (GSPO geometric mean, arXiv 2507.18071)
-    agg: str = "token-mean"  # one of AGG_MODES, see aggregate()
-    norm_length: float | None = (
-        None  # constant divisor for seq-mean-token-sum-norm (Dr. GRPO: max response length)
-    )
-    tis_cap: float | None = (
-        None  # C of truncated importance sampling (Yao et al. 2025; verl default 2.0); None = off
-    )
-    kl_estimator: str = "none"  # none | k1 | k2 | k3 (Schulman 2020, "Approximating KL divergence")
-    kl_coef: float = 0.0  # beta multiplying the KL term
-    kl_in: str = (
-        "loss"  # "loss": beta * agg(kl) added to the loss; "reward": use fold_kl_into_rewards
-    )
-    entropy_coef: float = 0.0  # coefficient of the entropy bonus subtracted from the loss
+    # Ratio floor 1 - clip_low (PPO, arXiv 1707.06347).
+    clip_low: float = 0.2
+    # Ratio ceiling 1 + clip_high; above clip_low it is clip-higher (DAPO, arXiv 2503.14476).
+    clip_high: float = 0.28
+    # c > 1 bounding the loss -A*ratio of A < 0 tokens (Ye et al., arXiv 1912.09729); None = off.
+    dual_clip: float | None = 3.0
+    # "token" (PPO) or "sequence": geometric mean of token ratios (GSPO, arXiv 2507.18071).
+    ratio_level: str = "token"
+    # One of AGG_MODES; see aggregate(). Dr. GRPO uses seq-mean-token-sum-norm.
+    agg: str = "token-mean"
+    # Constant divisor of seq-mean-token-sum-norm (Dr. GRPO: the max response length).
+    norm_length: float | None = None
+    # Cap C of truncated importance sampling (Yao et al. 2025; verl default 2.0); None = off.
+    tis_cap: float | None = None
+    # none | k1 | k2 | k3 (Schulman 2020, "Approximating KL divergence").
+    kl_estimator: str = "none"
+    # beta multiplying the KL term, wherever it goes.
+    kl_coef: float = 0.0
+    # "loss": beta * agg(kl) is added to the loss; "reward": the trainer calls fold_kl_into_rewards.
+    kl_in: str = "loss"
+    # Coefficient of the entropy bonus subtracted from the loss (0 in CIR, ToRL, SimpleTIR).
+    entropy_coef: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, valid: str) -> ValueError:
@@ -289,7 +290,8 @@ def policy_loss(
     if cfg.tis_cap is not None:
         if sampling_logprobs is None:
             raise ValueError(
-                "PolicyLossConfig.tis_cap is set but no sampling_logprobs were given; pass the engine's logprobs or set tis_cap=None"
+                "PolicyLossConfig.tis_cap is set but no sampling_logprobs were given; "
+                "pass the engine's logprobs or set tis_cap=None"
             )
         tis = tis_weights(old_logprobs, sampling_logprobs, mask, cfg.tis_cap)  # [B, T]
         pg = pg * tis  # [B, T]
