@@ -117,6 +117,8 @@ def test_pass_rate_filter_with_target_and_bools():
     assert res.reasons["over_target"].tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="low <= high"):
         pass_rate_filter(t([1.0]), torch.tensor([0]), low=0.9, high=0.1)
+    with pytest.raises(ValueError, match="rewards > 0"):
+        pass_rate_filter(t([1.0, -1.0]), torch.tensor([0, 0]))
 
 
 def test_overlong_filter_by_hand():

@@ -518,3 +518,14 @@ def test_missing_inputs_are_named():
         policy_loss(logprobs, old, adv, mask, PolicyLossConfig(entropy_coef=0.1))
     assert not PolicyLossConfig().uses_reference
     assert PolicyLossConfig(kl_estimator="k1", kl_coef=0.1, kl_in="reward").uses_reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_inputs(dtype):
+    # the trainer's logprobs are float32 (or bf16 under autocast): same hand value, looser tolerance
+    logprobs = t(NEW).to(dtype).requires_grad_(True)
+    out = policy_loss(logprobs, t(OLD).to(dtype), t(ADV).to(dtype), torch.tensor(PMASK))
+    assert out.loss.dtype == dtype
+    assert out.loss.item() == pytest.approx(0.355, abs=2e-2 if dtype == torch.bfloat16 else 1e-6)
+    out.loss.backward()
+    assert (logprobs.grad[:, 2] == 0).all() and torch.isfinite(logprobs.grad).all()

@@ -232,7 +232,13 @@ def pass_rate_filter(
         raise ValueError(
             f"pass-rate band must satisfy 0 <= low <= high <= 1; got low={low}, high={high}"
         )
-    order, rates = group_pass_rates(success, group_ids)  # rates: [G]
+    s = success.to(torch.float64)  # [N]
+    if bool(((s < 0) | (s > 1)).any()):
+        raise ValueError(
+            "pass_rate_filter needs success flags in [0, 1], got values outside; for +-1 "
+            "rewards pass (rewards > 0)"
+        )
+    order, rates = group_pass_rates(s, group_ids)  # rates: [G]
     hard = [g for g, p in zip(order, rates.tolist(), strict=True) if p < low or p == 0.0]
     easy = [g for g, p in zip(order, rates.tolist(), strict=True) if p > high or p == 1.0]
     res = _take_groups(group_ids, order, {"too_hard": hard, "too_easy": easy}, target_groups)
