@@ -33,7 +33,8 @@ Where this departs from the papers:
 
 The math-verify timeout trap: math-verify enforces its timeouts with
 `signal.alarm`, which only works in the main thread (elsewhere it raises
-ValueError) and which also cancels any alarm the caller had set. Rewards are
+ValueError) and which also cancels any alarm the caller had set (pytest-timeout,
+for one, arms such an alarm around every test). Rewards are
 called from worker threads too, so `VerifyConfig.backend="auto"` runs math-verify
 inline (with its own signal timeouts) only in the main thread when no alarm is
 pending, and otherwise in one long-lived helper subprocess (where the signal
