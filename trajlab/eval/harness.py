@@ -80,7 +80,7 @@ Scorer = Callable[[Example, Trajectory], None]
 def make_scorer(reward_name: str) -> Scorer:
     """A scorer sets trajectory.reward, .prediction and metadata['correct']."""
     from trajlab.rewards import get_reward
-    from trajlab.rewards.math import extract_answer
+    from trajlab.rewards.math import extract_answer, strip_code
 
     reward_fn = get_reward(reward_name)
 
@@ -93,7 +93,8 @@ def make_scorer(reward_name: str) -> Scorer:
         )
         traj.reward = rb
         if traj.prediction is None:
-            traj.prediction = extract_answer(traj.model_text)
+            # The model's own final answer: code blocks (and what they print) never count.
+            traj.prediction = extract_answer(strip_code(traj.model_text))
         traj.metadata["correct"] = bool(rb.components.get("correct", rb.total > 0))
 
     return score
