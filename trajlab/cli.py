@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:
+        # Bad input (a model path, a task file, a value): one clear line, not a traceback.
+        if args.verbose:
+            raise
+        print(f"error: {e}\n(run with -v for the traceback)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

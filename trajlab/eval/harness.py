@@ -155,16 +155,16 @@ def evaluate(
         )
 
     own_tools = tools is None
-    if jobs:
-        if engine is None:
-            engine = _load_engine(config)
-        if tools is None:
-            tools = build_tools(config.agent.tools, config.agent)
     run_info = json.loads((out / "run.json").read_text())
     elapsed_before = float(run_info.get("wall_time_s", 0.0))
     t0 = time.perf_counter()
+    status = "failed"
     try:
         if jobs:
+            if engine is None:
+                engine = _load_engine(config)
+            if tools is None:
+                tools = build_tools(config.agent.tools, config.agent)
             loop = AgentLoop(engine, tools or {}, config.agent, sampling=config.sampling())
             _roll_out(loop, jobs, scorer, traj_path, config)
         status = "done"
@@ -174,7 +174,7 @@ def evaluate(
         raise
     finally:
         wall = elapsed_before + (time.perf_counter() - t0)
-        _update_run_json(out, status=locals().get("status", "interrupted"), wall_time_s=wall)
+        _update_run_json(out, status=status, wall_time_s=wall)
         if own_tools and tools:
             for t in tools.values():
                 t.close()
