@@ -440,7 +440,7 @@
     async function fillSteps() {
       stepSel.textContent = "";
       const f = await api(`/api/runs/${runSel.value}/facets`);
-      stepSel.append(h("option", { value: "" }, "any step"), f.steps.map((s) => h("option", { value: String(s) }, `step ${s}`)));
+      stepSel.append(h("option", { value: "" }, "any step"), ...f.steps.map((s) => h("option", { value: String(s) }, `step ${s}`)));
       stepSel.hidden = !f.steps.length;
     }
     runSel.onchange = fillSteps;
