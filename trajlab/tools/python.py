@@ -1,0 +1,167 @@
+"""The `python` tool: model-written code run in the sandbox, its output as the observation.
+
+    tool = PythonTool(PythonToolConfig(timeout_s=5))
+    tool.run({"code": "print(6 * 7)"})      # ToolResult(output="42\\n", ok=True, status="ok")
+    with tool.open_session() as s:          # stateful (ToRL/ReTool-style notebook)
+        s.run({"code": "x = 6"}); s.run({"code": "print(x * 7)"})
+    tool.close()
+
+What the model sees: stdout; on failure, stdout followed by the last
+`traceback_lines` lines of the traceback (CIR keeps only the last line, which is
+`PythonToolConfig(traceback_lines=1)`, the default), or one line naming the timeout,
+output cap, memory limit or crash. Status and ok come from the sandbox
+(trajlab/tools/sandbox.py); a failure of the model's code is data (ok=False), only a
+broken sandbox raises.
+
+Non-goals: truncating the observation for the model's context is the agent loop's job
+(configurable there); this tool only bounds what the sandbox captures
+(`output_cap_bytes`). The tool never evaluates or unpickles anything the code produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trajlab.tools.base import ToolResult
+from trajlab.tools.sandbox import SandboxConfig, SandboxPool, SandboxResult, SandboxSession
+
+
+@dataclass
+class PythonToolConfig:
+    """Settings of the python tool. Sandbox fields are passed to SandboxConfig unchanged."""
+
+    timeout_s: float = 10.0
+    """Wall-clock limit per call (never taken from the model's arguments)."""
+    traceback_lines: int = 1
+    """How many trailing traceback lines follow stdout on an error (CIR: 1; 0: none)."""
+    slots: int = 0
+    """Parallel sandboxes (0 = CPU count)."""
+    memory_bytes: int = 1 << 30
+    """Memory limit per sandbox (cgroup, and RLIMIT_AS as a backstop)."""
+    pids: int = 64
+    """Processes and threads per sandbox."""
+    output_cap_bytes: int = 64 * 1024
+    """Captured stdout+stderr per call; beyond it the run is killed (status output_limit)."""
+    max_code_bytes: int = 256 * 1024
+    """Longer code is rejected without running."""
+    allow_loopback: bool = False
+    """Let code use sockets on a private loopback interface (local servers in tests)."""
+    preload: tuple[str, ...] = ("numpy", "sympy")
+    """Modules imported once per zygote so runs start warm."""
+    allow_insecure: bool = False
+    """Run even where the self-check finds the untrusted-mode minimum missing."""
+    hidden_paths: tuple[str, ...] = ()
+    """Extra paths (e.g. hidden tests) the self-check verifies are invisible inside."""
+
+    def sandbox_config(self) -> SandboxConfig:
+        return SandboxConfig(
+            slots=self.slots,
+            timeout_s=self.timeout_s,
+            memory_bytes=self.memory_bytes,
+            pids=self.pids,
+            output_cap_bytes=self.output_cap_bytes,
+            max_code_bytes=self.max_code_bytes,
+            allow_loopback=self.allow_loopback,
+            preload=tuple(self.preload),
+            allow_insecure=self.allow_insecure,
+            hidden_paths=tuple(self.hidden_paths),
+        )
+
+
+_STATUS_LINES = {
+    "timeout": "TimeoutError: execution exceeded the {t:g} s time limit",
+    "output_limit": "OutputLimitError: output exceeded {cap} bytes; execution was stopped",
+    "crashed": "Crashed: {err}",
+}
+
+
+def format_observation(r: SandboxResult, cfg: PythonToolConfig) -> str:
+    """stdout, plus the error tail the model is shown when the run failed."""
+    out = r.stdout
+    if r.status == "ok":
+        return out
+    tail = ""
+    if r.status in _STATUS_LINES:
+        tail = _STATUS_LINES[r.status].format(
+            t=cfg.timeout_s, cap=cfg.output_cap_bytes, err=r.error
+        )
+    elif cfg.traceback_lines > 0:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        tail = "\n".join(lines[-cfg.traceback_lines :]) or (r.error or r.status)
+    if r.status == "memory" and "MemoryError" not in tail:
+        tail = (tail + "\n" if tail else "") + "MemoryError: the memory limit was exceeded"
+    if r.session_reset:
+        tail += "\n(the Python session was restarted: earlier variables are gone)"
+    if out and not out.endswith("\n") and tail:
+        out += "\n"
+    return out + tail.lstrip("\n")
+
+
+def _bad_args(args: Any) -> ToolResult | None:
+    code = args.get("code") if isinstance(args, dict) else None
+    if not isinstance(code, str) or not code.strip():
+        msg = 'the python tool needs {"code": "<non-empty Python source>"}'
+        return ToolResult(output=f"Error: {msg}", ok=False, status="bad_args", error=msg)
+    return None
+
+
+def _to_tool_result(r: SandboxResult, cfg: PythonToolConfig) -> ToolResult:
+    return ToolResult(
+        output=format_observation(r, cfg),
+        ok=r.ok,
+        status=r.status,
+        error=None if r.ok else (r.error or r.status),
+        latency_s=r.latency_s,
+    )
+
+
+class PythonTool:
+    """Tool protocol implementation over a SandboxPool (shared by all trajectories)."""
+
+    name = "python"
+
+    def __init__(self, config: PythonToolConfig | None = None, pool: SandboxPool | None = None):
+        self.config = config or PythonToolConfig()
+        self._own_pool = pool is None
+        self.pool = pool or SandboxPool(self.config.sandbox_config())
+
+    def run(self, args: dict[str, Any]) -> ToolResult:
+        bad = _bad_args(args)
+        if bad:
+            return bad
+        r = self.pool.run(args["code"], timeout_s=self.config.timeout_s)
+        return _to_tool_result(r, self.config)
+
+    def open_session(self) -> PythonSession:
+        """A stateful notebook for one trajectory; close it when the trajectory ends."""
+        return PythonSession(self.pool.session(), self.config)
+
+    def close(self) -> None:
+        if self._own_pool:
+            self.pool.close()
+
+
+class PythonSession:
+    """Same `run`/`close` as PythonTool, with variables kept between calls."""
+
+    name = "python"
+
+    def __init__(self, session: SandboxSession, config: PythonToolConfig):
+        self.session, self.config = session, config
+
+    def run(self, args: dict[str, Any]) -> ToolResult:
+        bad = _bad_args(args)
+        if bad:
+            return bad
+        r = self.session.run(args["code"], timeout_s=self.config.timeout_s)
+        return _to_tool_result(r, self.config)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> PythonSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,1054 @@
+"""SandboxPool: run untrusted, model-written Python on a plain Linux machine.
+
+How to use it:
+
+    with SandboxPool(SandboxConfig(timeout_s=5)) as pool:
+        r = pool.run("print(1)")            # SandboxResult(status="ok", stdout="1\\n", ...)
+        print(pool.capabilities().summary())
+        with pool.session() as s:           # a notebook: variables survive between cells
+            s.run("x = 2"); s.run("print(x)")
+
+What it is: the design of ../shared/specs/SANDBOX.md. One warm fork server ("zygote",
+trajlab/tools/sandbox_zygote.py) per slot, launched with exec and a minimal explicit
+environment so the trainer's secrets never reach it. Each run is forked from the zygote
+into a fresh process with its own unprivileged uid (one per slot), cgroup (memory,
+pids), user/mount/pid/net/ipc/uts namespaces, a minimal read-only root without the
+project tree, size-capped tmpfs scratch space, rlimits, no capabilities, NO_NEW_PRIVS
+and a seccomp denylist. The wall-clock timeout and the output cap are enforced outside
+the sandbox with SIGKILL of the whole tree; results cross back as length-prefixed JSON
+frames tied to a per-run nonce (never pickle).
+
+At start the pool runs a self-check inside a real sandbox and records which layers
+hold (`capabilities()`). The default "untrusted" mode refuses to start unless at least
+process-per-run, the outside timeout, a dropped uid, a blocked network (namespace or
+seccomp), a scrubbed environment and a read-only site-packages hold; the error names
+what is missing and how to fix it. `allow_insecure=True` runs with whatever holds (e.g.
+as a non-root user: no uid drop, but unprivileged user namespaces).
+
+Departures: the default memory bound is the cgroup (RLIMIT_AS is set to the same value
+as a backstop), user code runs as pid 1 of its namespace (see the zygote's docstring).
+Non-goals: no VM-grade isolation (kernel 0-days are out of scope; use gVisor or a
+microVM for that), no Landlock policy (its ABI is only reported), and no observation
+truncation for the model (the agent loop does that; only the capture cap lives here).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from trajlab.tools import sandbox_zygote as zy
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "error", "timeout", "output_limit", "memory", "crashed")
+REQUIRED_UNTRUSTED = (
+    "process_per_run",
+    "outside_timeout",
+    "uid_drop",
+    "network_blocked",
+    "env_scrubbed",
+    "site_packages_readonly",
+)
+MiB = 1 << 20
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself is broken (not the model's code): a dead zygote, a layer that
+    held at the self-check and failed later, a protocol violation."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The self-check found that the layers required by the chosen mode do not hold."""
+
+
+@dataclass
+class SandboxConfig:
+    """Every knob of the sandbox. Defaults follow SANDBOX.md's table."""
+
+    slots: int = 0
+    """Number of zygotes (parallel executions); 0 = os.cpu_count()."""
+    timeout_s: float = 10.0
+    """Wall-clock limit per call, enforced outside the sandbox with SIGKILL. Never taken
+    from the model's tool arguments."""
+    memory_bytes: int = 1 << 30
+    """cgroup memory limit per slot (includes tmpfs pages); also RLIMIT_AS per process."""
+    pids: int = 64
+    """cgroup pids.max per slot and RLIMIT_NPROC of the slot uid (fork and thread bombs)."""
+    fsize_bytes: int = 16 * MiB
+    """RLIMIT_FSIZE: the largest file a sandbox may write."""
+    nofile: int = 256
+    """RLIMIT_NOFILE."""
+    output_cap_bytes: int = 64 * 1024
+    """Bytes of stdout+stderr captured per call; beyond it the run is killed with status
+    output_limit (at most 1 MiB)."""
+    max_code_bytes: int = 256 * 1024
+    """Code larger than this is rejected without running (status error)."""
+    cwd_bytes: int = 64 * MiB
+    """tmpfs size of the working directory (HOME)."""
+    tmp_bytes: int = 64 * MiB
+    """tmpfs size of /tmp."""
+    var_tmp_bytes: int = 16 * MiB
+    """tmpfs size of /var/tmp."""
+    shm_bytes: int = 64 * MiB
+    """tmpfs size of /dev/shm."""
+    allow_loopback: bool = False
+    """Bring `lo` up inside the private network namespace and allow AF_INET/AF_INET6 sockets
+    (for tasks that start local servers). The host network stays unreachable."""
+    preload: tuple[str, ...] = ("numpy", "sympy")
+    """Modules imported once in every zygote, so each run starts with them warm."""
+    allow_insecure: bool = False
+    """Start even when the layers required for untrusted code do not all hold."""
+    minimal_root: bool = True
+    """pivot_root into a read-only root holding only /usr, the interpreter prefix and a few
+    /etc files, so the project tree, data and secrets are invisible."""
+    cgroup: str = "auto"
+    """auto | v1 | v2 | off. auto uses v2 when its memory and pids controllers are
+    available, else v1, else only rlimits."""
+    uid_base: int = 2_100_000_000
+    """First uid of the ranges handed to pools; each pool locks a block of 64 uids
+    (slots use base+i, sessions base+32+i). Must not belong to real users."""
+    hash_seed: str | None = "0"
+    """PYTHONHASHSEED inside the sandbox (None: random per run)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Additional environment variables for sandboxed code (values are set here, never
+    copied from the trainer's environment)."""
+    hidden_paths: tuple[str, ...] = ()
+    """Paths the self-check must not see from inside (the project tree and home are always
+    checked); e.g. a directory of hidden tests."""
+    session_idle_s: float = 600.0
+    """A stateful session unused for this long is killed."""
+    session_cpu_s: int = 600
+    """RLIMIT_CPU of a session process (CPU time summed over all its cells)."""
+    max_sessions_per_slot: int = 8
+    """Open sessions a slot may hold at once."""
+    recycle_after_runs: int = 10_000
+    """Restart a zygote after this many runs (bounds slow leaks in the fork server)."""
+    python: str = ""
+    """Interpreter for the zygotes; "" = the current one (sys.executable)."""
+    startup_timeout_s: float = 120.0
+    """How long a zygote may take to preload its modules and answer."""
+    zygote_log: str | None = None
+    """File receiving the zygotes' stderr (debugging); None discards it."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 < self.timeout_s <= 600, "timeout_s must be in (0, 600]"),
+            (self.memory_bytes >= 64 * MiB, "memory_bytes must be >= 64 MiB"),
+            (1 <= self.pids <= 4096, "pids must be in [1, 4096]"),
+            (1024 <= self.output_cap_bytes <= MiB, "output_cap_bytes must be in [1 KiB, 1 MiB]"),
+            (self.slots >= 0 and self.slots <= 32, "slots must be in [0, 32] (0 = CPU count)"),
+            (self.cgroup in ("auto", "v1", "v2", "off"), "cgroup must be auto, v1, v2 or off"),
+            (self.max_code_bytes > 0, "max_code_bytes must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"SandboxConfig: {msg}")
+
+
+@dataclass
+class SandboxResult:
+    """What one execution produced. `stdout`/`stderr` are decoded with errors='replace'."""
+
+    status: str  # ok | error | timeout | output_limit | memory | crashed
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None  # None when killed by a signal
+    signal: int | None = None
+    latency_s: float = 0.0
+    truncated: bool = False  # output hit the capture cap
+    error: str | None = None  # why, for every status but ok
+    session_reset: bool = False  # a session cell ended the session (its variables are gone)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Layer:
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Capabilities:
+    """Which isolation layers hold, measured inside a real sandbox at pool start."""
+
+    layers: dict[str, Layer]
+    info: dict[str, Any]
+    required: tuple[str, ...] = REQUIRED_UNTRUSTED
+
+    @property
+    def missing(self) -> list[str]:
+        return [k for k in self.required if not self.layers.get(k, Layer(False, "")).ok]
+
+    def holds(self, name: str) -> bool:
+        layer = self.layers.get(name)
+        return bool(layer and layer.ok)
+
+    def summary(self) -> str:
+        rows = [f"{'layer':24} {'holds':5}  detail"]
+        for k, v in self.layers.items():
+            mark = "yes" if v.ok else "NO"
+            req = " (required)" if k in self.required else ""
+            rows.append(f"{k:24} {mark:5}  {v.detail}{req}")
+        return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------ host facts
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _state_dir() -> Path:
+    d = Path("/run/trajlab-sandbox") if _is_root() else None
+    if d is None or not os.access("/run", os.W_OK):
+        d = Path(tempfile.gettempdir()) / f"trajlab-sandbox-{os.geteuid()}"
+    d.mkdir(mode=0o755, exist_ok=True)
+    (d / "root").mkdir(mode=0o755, exist_ok=True)  # staging mount point of minimal roots
+    return d
+
+
+def _cgroup_kind(want: str) -> str | None:
+    if want == "off" or not _is_root():
+        return None
+    v2_ok = False
+    try:
+        ctrls = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
+        v2_ok = "memory" in ctrls and "pids" in ctrls
+    except OSError:
+        pass
+    v1_ok = all(
+        os.path.exists(f"/sys/fs/cgroup/{c}/cgroup.procs")
+        and not os.path.exists(f"/sys/fs/cgroup/{c}/cgroup.controllers")
+        for c in ("memory", "pids")
+    )
+    if want in ("auto", "v2") and v2_ok:
+        return "v2"
+    if want in ("auto", "v1") and v1_ok:
+        return "v1"
+    return None
+
+
+def _cgroup_roots(kind: str) -> dict[str, Path]:
+    if kind == "v1":
+        return {c: Path(f"/sys/fs/cgroup/{c}/trajlab") for c in ("memory", "pids")}
+    return {"unified": Path("/sys/fs/cgroup/trajlab")}
+
+
+def _enable_v2_controllers(d: Path) -> None:
+    (d / "cgroup.subtree_control").write_text("+memory +pids")
+
+
+def _sweep_stale_cgroups(kind: str) -> None:
+    """Remove pool cgroups left by processes that died without closing their pool."""
+    for root in _cgroup_roots(kind).values():
+        if not root.is_dir():
+            continue
+        for pool_dir in root.glob("pool-*"):
+            try:
+                owner = int(pool_dir.name.split("-")[1])
+                os.kill(owner, 0)
+                continue  # owner alive
+            except (ValueError, IndexError):
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            for sub in pool_dir.iterdir():
+                if sub.is_dir():
+                    zy.cgroup_remove({"kind": kind, "dirs": {"x": str(sub)}})
+            with contextlib.suppress(OSError):
+                pool_dir.rmdir()
+
+
+def _bind_paths(python: str) -> list[str]:
+    """Directories bind-mounted read-only into the minimal root: /usr (+ unmerged /lib*),
+    and the interpreter's prefixes (the venv; a pyenv under /root)."""
+    cands = ["/usr"] + [
+        d
+        for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+        if os.path.isdir(d) and not os.path.islink(d)
+    ]
+    exe_real = os.path.realpath(python)
+    prefix_of_exe = os.path.dirname(os.path.dirname(exe_real))
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    for p in (
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        prefix_of_exe,
+        venv,
+    ):
+        for q in (os.path.abspath(p), os.path.realpath(p)):
+            if q not in ("/", "") and os.path.isdir(q):
+                cands.append(q)
+    out: list[str] = []
+    for p in sorted(set(cands), key=len):
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out
+
+
+_ETC = (
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
+    "host.conf", "passwd", "group", "os-release", "mime.types", "ssl", "alternatives",
+    "protocols", "services", "gai.conf", "fonts", "matplotlibrc",
+)  # fmt: skip
+
+
+def _child_env(cfg: SandboxConfig, python: str) -> dict[str, str]:
+    """The only environment a zygote (and so a sandbox) ever sees."""
+    venv_bin = os.path.dirname(os.path.abspath(python))
+    env = {
+        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/sandbox",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if cfg.hash_seed is not None:
+        env["PYTHONHASHSEED"] = cfg.hash_seed
+    env.update(cfg.extra_env)
+    return env
+
+
+# ------------------------------------------------------------------------------ slots
+class _UidBlock:
+    """A block of 64 uids locked with flock, so concurrent pools never share a uid."""
+
+    def __init__(self, state: Path, base: int):
+        for k in range(1024):
+            f = open(state / f"uids-{k}.lock", "a")  # noqa: SIM115 (held for the pool's life)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            self.file, self.first = f, base + 64 * k
+            return
+        raise SandboxError(f"no free uid block under {state}; close other pools")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Slot:
+    def __init__(self, index: int):
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.unit: dict | None = None
+        self.busy = False
+        self.runs = 0
+        self.sessions: set[str] = set()
+        self.info: dict = {}
+
+
+_LIVE_POOLS: weakref.WeakSet[SandboxPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for pool in list(_LIVE_POOLS):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+class SandboxPool:
+    """N warm zygotes; thread-safe `run()`; see the module docstring."""
+
+    def __init__(self, config: SandboxConfig | None = None, **overrides: Any):
+        cfg = config or SandboxConfig()
+        if overrides:
+            names = {f.name for f in fields(SandboxConfig)}
+            bad = sorted(set(overrides) - names)
+            if bad:
+                raise TypeError(f"unknown SandboxConfig fields {bad}; valid: {sorted(names)}")
+            cfg = SandboxConfig(
+                **{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **overrides}
+            )
+        self.config = cfg
+        self.python = cfg.python or sys.executable
+        self._cond = threading.Condition()
+        self._closed = False
+        self._slots = [_Slot(i) for i in range(cfg.slots or os.cpu_count() or 1)]
+        self._state = _state_dir()
+        self._uids = _UidBlock(self._state, cfg.uid_base) if _is_root() else None
+        self._cg_kind = _cgroup_kind(cfg.cgroup)
+        self._pool_cg: dict[str, str] = {}
+        self._layers: dict[str, bool] = {}
+        self._caps: Capabilities | None = None
+        _LIVE_POOLS.add(self)
+        try:
+            self._setup_cgroups()
+            for s in self._slots:
+                self._launch(s)
+            for s in self._slots:
+                self._handshake(s)
+            self._caps = self._self_check()
+            self._enforce_mode()
+            for s in self._slots:
+                self._configure(s)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    def capabilities(self) -> Capabilities:
+        assert self._caps is not None
+        return self._caps
+
+    def uids(self) -> list[int]:
+        """Every uid this pool's sandboxes may run as (for host-side checks)."""
+        if self._uids is None:
+            return []
+        return [self._uids.first + i for i in range(64)]
+
+    def zygote_pids(self) -> list[int]:
+        return [s.proc.pid for s in self._slots if s.proc is not None]
+
+    def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:
+        """Execute `code` in a fresh sandbox; blocks while every slot is busy."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        rejected = self._reject(code)
+        if rejected:
+            return rejected
+        slot = self._acquire()
+        try:
+            return self._request_run(slot, code, timeout_s or self.config.timeout_s)
+        finally:
+            self._release(slot)
+
+    def stats(self) -> list[dict]:
+        """Ping every zygote: runs served, pid of its warm spare sandbox (C1), session pids."""
+        out = []
+        for slot in self._slots:
+            s = self._acquire(slot)
+            try:
+                resp = self._call(s, {"op": "ping"}, 10.0)
+            finally:
+                self._release(s)
+            out.append({"slot": s.index, "zygote_pid": s.proc.pid if s.proc else None, **resp})
+        return out
+
+    def map(self, codes: list[str], timeout_s: float | None = None) -> list[SandboxResult]:
+        """Run many snippets concurrently across the slots; results in input order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.slots) as ex:
+            return list(ex.map(lambda c: self.run(c, timeout_s), codes))
+
+    def session(self) -> SandboxSession:
+        """A stateful sandbox (variables persist across `run` calls) until `close()`."""
+        return SandboxSession(self)
+
+    def close(self) -> None:
+        """Kill every zygote and sandbox, remove the cgroups, release the uid block."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        for s in self._slots:
+            self._stop(s)
+        self._remove_cgroups()
+        if self._uids is not None:
+            self._uids.close()
+        _LIVE_POOLS.discard(self)
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _limits(self, cpu_s: float, cgroup: bool = False) -> dict:
+        cfg = self.config
+        lim = {
+            "cpu_s": int(cpu_s) + 1,
+            "as_bytes": cfg.memory_bytes,
+            "fsize_bytes": cfg.fsize_bytes,
+            "nofile": cfg.nofile,
+            "nproc": cfg.pids if self._uids is not None else None,  # only with a dropped uid
+        }
+        if cgroup:
+            lim["cgroup"] = {"memory_bytes": cfg.memory_bytes, "pids": cfg.pids}
+        return lim
+
+    def _setup_cgroups(self) -> None:
+        kind = self._cg_kind
+        if kind is None:
+            return
+        try:
+            _sweep_stale_cgroups(kind)
+            name = f"pool-{os.getpid()}-{secrets.token_hex(3)}"
+            for ctrl, root in _cgroup_roots(kind).items():
+                root.mkdir(exist_ok=True)
+                if kind == "v2":
+                    _enable_v2_controllers(root.parent)
+                    _enable_v2_controllers(root)
+                d = root / name
+                d.mkdir()
+                if kind == "v2":
+                    _enable_v2_controllers(d)
+                self._pool_cg[ctrl] = str(d)
+            limits = {"memory_bytes": self.config.memory_bytes, "pids": self.config.pids}
+            for s in self._slots:
+                s.unit = zy.cgroup_create(kind, self._pool_cg, f"slot{s.index}", limits)
+        except OSError as e:
+            log.warning("cgroup %s unusable (%s); falling back to rlimits", kind, e)
+            self._remove_cgroups()
+            self._cg_kind = None
+
+    def _remove_cgroups(self) -> None:
+        for s in self._slots:
+            zy.cgroup_remove(s.unit)
+            s.unit = None
+        for d in self._pool_cg.values():
+            for sub in Path(d).glob("session-*"):
+                zy.cgroup_remove({"kind": self._cg_kind, "dirs": {"x": str(sub)}})
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        self._pool_cg = {}
+
+    def _zygote_config(self, s: _Slot) -> dict:
+        cfg = self.config
+        uid = gid = suid = sgid = None
+        if self._uids is not None:
+            uid = gid = self._uids.first + s.index
+            suid = sgid = self._uids.first + 32 + s.index
+        hidden = [
+            str(Path(__file__).resolve().parents[1]),
+            os.path.expanduser("~"),
+            *cfg.hidden_paths,
+        ]
+        return {
+            "slot": s.index,
+            "uid": uid,
+            "gid": gid,
+            "session_uid": suid,
+            "session_gid": sgid,
+            "cgroup_unit": s.unit,
+            "cgroup_session_parents": (
+                {"kind": self._cg_kind, "parents": self._pool_cg} if self._pool_cg else None
+            ),
+            "tmpfs": {
+                "cwd": cfg.cwd_bytes,
+                "tmp": cfg.tmp_bytes,
+                "var_tmp": cfg.var_tmp_bytes,
+                "shm": cfg.shm_bytes,
+            },
+            "stage_dir": str(self._state / "root"),
+            "child_env": _child_env(cfg, self.python),
+            "hidden_paths": [h for h in hidden if h not in ("", "/")],
+            "allow_loopback": cfg.allow_loopback,
+            "binds": _bind_paths(self.python) if cfg.minimal_root else [],
+            "etc": [f"/etc/{e}" for e in _ETC if os.path.exists(f"/etc/{e}")],
+            "preload": list(cfg.preload),
+            "session_idle_s": cfg.session_idle_s,
+        }
+
+    def _launch(self, s: _Slot) -> None:
+        cfg = self.config
+        err = open(cfg.zygote_log, "ab") if cfg.zygote_log else subprocess.DEVNULL  # noqa: SIM115
+        s.proc = subprocess.Popen(
+            [self.python, "-I", zy.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=_child_env(cfg, self.python),  # explicit: nothing of ours is inherited
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,  # no terminal signals; killpg reaches it alone
+        )
+        if err is not subprocess.DEVNULL:
+            err.close()
+        s.runs = 0
+        zy.write_frame(s.proc.stdin.fileno(), self._zygote_config(s))
+
+    def _handshake(self, s: _Slot) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        try:
+            ready = zy.read_frame(s.proc.stdout.fileno(), deadline)
+        except (TimeoutError, EOFError, ValueError) as e:
+            ready = None
+            why = str(e)
+        else:
+            why = "it exited during startup"
+        if not ready or ready.get("op") != "ready":
+            raise SandboxError(
+                f"sandbox zygote {s.index} did not start ({why}); run "
+                f"`{self.python} -I {zy.__file__}` by hand, or set SandboxConfig.zygote_log "
+                "to a file to see its error"
+            )
+        s.info = ready["info"]
+        if s.info.get("preload_errors"):
+            log.warning("sandbox preload failed: %s", s.info["preload_errors"])
+
+    def _configure(self, s: _Slot) -> None:
+        resp = self._call(s, {"op": "configure", "layers": self._layers}, 30.0)
+        if resp.get("status") != "ok":
+            raise SandboxError(f"zygote {s.index} refused its configuration: {resp}")
+
+    def _stop(self, s: _Slot) -> None:
+        p = s.proc
+        if p is None:
+            return
+        with contextlib.suppress(OSError):
+            zy.write_frame(p.stdin.fileno(), {"op": "shutdown"})
+        for f in (p.stdin, p.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
+        try:
+            p.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        zy.cgroup_kill_all(s.unit)
+        s.proc = None
+        s.sessions.clear()
+
+    def _restart(self, s: _Slot) -> None:
+        p = s.proc
+        if p is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            self._stop(s)
+        for d in self._pool_cg.values():  # sessions of this slot died with it
+            for sub in Path(d).glob("session-*"):
+                zy.cgroup_kill_all({"kind": self._cg_kind, "dirs": {"x": str(sub)}}, 0.2)
+        self._launch(s)
+        self._handshake(s)
+        if self._layers:
+            self._configure(s)
+
+    # -- self-check ---------------------------------------------------------------------
+    def _self_check(self) -> Capabilities:
+        s = self._slots[0]
+        req = {
+            "op": "run",
+            "kind": "probe",
+            "timeout_s": 60.0,
+            "output_cap": MiB,
+            "limits": self._limits(60),
+        }
+        resp = self._call(s, req, 90.0)
+        raw = base64.b64decode(resp.get("stdout", ""))
+        try:
+            import json
+
+            probe = json.loads(raw)
+        except ValueError:
+            err = base64.b64decode(resp.get("stderr", "")).decode(errors="replace")
+            raise SandboxError(
+                "the sandbox self-check produced no report "
+                f"(exit {resp.get('exit_code')}, signal {resp.get('signal')}, "
+                f"setup error {resp.get('setup_error')!r}, stderr {err[-800:]!r})"
+            ) from None
+        caps = _assess(probe, self, s)
+        self._layers = {
+            "uid_drop": caps.holds("uid_drop"),
+            "namespaces": probe["steps"].get("namespaces") == "ok"
+            and probe["steps"].get("uid_map") == "ok",
+            "minimal_root": bool(self.config.minimal_root and probe.get("minimal_root")),
+            "cgroup": caps.holds("cgroup"),
+            "caps": caps.holds("caps_dropped"),
+            "seccomp": caps.holds("seccomp"),
+        }
+        return caps
+
+    def _enforce_mode(self) -> None:
+        caps = self.capabilities()
+        missing = caps.missing
+        if not missing:
+            return
+        lines = [f"  - {k}: {caps.layers[k].detail}. Fix: {caps.layers[k].fix}" for k in missing]
+        msg = (
+            "the Python sandbox refuses untrusted mode: these required layers do not hold\n"
+            + "\n".join(lines)
+            + "\nPass SandboxConfig(allow_insecure=True) (PythonToolConfig(allow_insecure=True)) "
+            "to run model code with reduced isolation anyway."
+        )
+        if not self.config.allow_insecure:
+            raise SandboxUnavailable(msg)
+        log.warning("%s\n(continuing: allow_insecure=True)", msg)
+        if not caps.holds("interpreter_usable"):
+            log.warning("sandbox: %s", caps.layers["interpreter_usable"].fix)
+
+    # -- requests -----------------------------------------------------------------------
+    def _reject(self, code: str) -> SandboxResult | None:
+        n = len(code.encode("utf-8", errors="surrogatepass"))
+        if n > self.config.max_code_bytes:
+            msg = f"code is {n} bytes; the limit is {self.config.max_code_bytes} bytes"
+            return SandboxResult(status="error", stderr=msg, error=msg)
+        return None
+
+    def _acquire(self, want: _Slot | None = None) -> _Slot:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise SandboxError("the sandbox pool is closed")
+                for s in [want] if want is not None else self._slots:
+                    if not s.busy:
+                        s.busy = True
+                        return s
+                self._cond.wait()
+
+    def _release(self, s: _Slot) -> None:
+        with self._cond:
+            s.busy = False
+            self._cond.notify_all()
+
+    def _call(self, s: _Slot, req: dict, wait_s: float) -> dict:
+        """One request/response with the slot's zygote; a dead or wedged zygote is
+        restarted and SandboxError raised."""
+        if s.proc is None:
+            raise SandboxError("the sandbox pool is closed")
+        nonce = secrets.token_hex(16)
+        req = {**req, "nonce": nonce}
+        try:
+            zy.write_frame(s.proc.stdin.fileno(), req)
+            resp = zy.read_frame(s.proc.stdout.fileno(), time.monotonic() + wait_s)
+        except (OSError, TimeoutError, EOFError, ValueError) as e:
+            resp, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = "it exited"
+        if resp is None or resp.get("nonce") != nonce:
+            if resp is not None:
+                why = "its answer did not carry the request's nonce"
+            self._restart_quietly(s)
+            raise SandboxError(f"sandbox zygote {s.index} failed ({why}); it was restarted")
+        if resp.get("status") == "zygote_error":
+            raise SandboxError(f"sandbox zygote {s.index}: {resp.get('error')}")
+        return resp
+
+    def _restart_quietly(self, s: _Slot) -> None:
+        try:
+            self._restart(s)
+        except Exception as e:  # the next call will raise again with its own message
+            log.error("restarting sandbox zygote %d failed: %r", s.index, e)
+
+    def _request_run(self, s: _Slot, code: str, timeout_s: float) -> SandboxResult:
+        if s.runs >= self.config.recycle_after_runs and not s.sessions:
+            self._restart(s)
+        req = {
+            "op": "run",
+            "kind": "run",
+            "code": code,
+            "timeout_s": timeout_s,
+            "output_cap": self.config.output_cap_bytes,
+            "limits": self._limits(timeout_s),
+        }
+        resp = self._call(s, req, timeout_s + 15.0)
+        s.runs += 1
+        return _to_result(resp)
+
+
+class SandboxSession:
+    """A long-lived sandbox process whose variables persist between `run` calls. Every
+    cell still gets the wall-clock timeout and the output cap; a cell that times out,
+    overflows or crashes ends the session, which restarts empty on the next call
+    (`SandboxResult.session_reset` says so)."""
+
+    def __init__(self, pool: SandboxPool):
+        self.pool = pool
+        self.sid = ""
+        self.slot: _Slot | None = None
+        self._closed = False
+        self._reset_reported = False
+        self._open()
+
+    def _open(self) -> None:
+        pool = self.pool
+        with pool._cond:
+            slot = min(pool._slots, key=lambda s: len(s.sessions))
+        s = pool._acquire(slot)
+        try:
+            sid = secrets.token_hex(8)
+            limits = pool._limits(pool.config.session_cpu_s, cgroup=True)
+            req = {
+                "op": "session_open",
+                "sid": sid,
+                "limits": limits,
+                "max_sessions": pool.config.max_sessions_per_slot,
+            }
+            resp = pool._call(s, req, 30.0)
+            if resp.get("status") != "ok":
+                raise SandboxError(
+                    f"could not open a sandbox session: {resp.get('error')}; close unused "
+                    "sessions or raise SandboxConfig.max_sessions_per_slot"
+                )
+            s.sessions.add(sid)
+            self.sid, self.slot = sid, s
+        finally:
+            pool._release(s)
+
+    def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:
+        if self._closed:
+            raise SandboxError("this sandbox session is closed")
+        rejected = self.pool._reject(code)
+        if rejected:
+            return rejected
+        reset = False
+        if self.slot is None or self.sid not in self.slot.sessions:
+            # The previous cell ended the session (already reported), the idle timer
+            # expired it or its zygote was restarted (not reported yet): start afresh.
+            reset = not self._reset_reported
+            self._open()
+        s = self.pool._acquire(self.slot)
+        try:
+            t = timeout_s or self.pool.config.timeout_s
+            req = {
+                "op": "session_run",
+                "sid": self.sid,
+                "code": code,
+                "timeout_s": t,
+                "output_cap": self.pool.config.output_cap_bytes,
+            }
+            resp = self.pool._call(s, req, t + 15.0)
+        finally:
+            self.pool._release(s)
+        if resp.get("killed_for") == "gone":  # expired while idle: rerun in a fresh one
+            s.sessions.discard(self.sid)
+            self._reset_reported = False
+            return self.run(code, timeout_s)
+        res = _to_result(resp)
+        if resp.get("session_reset"):
+            s.sessions.discard(self.sid)
+            res.session_reset = True
+        res.session_reset = res.session_reset or reset
+        self._reset_reported = res.session_reset
+        return res
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        s = self.slot
+        if s is None or self.sid not in s.sessions or self.pool._closed:
+            return
+        s.sessions.discard(self.sid)
+        slot = self.pool._acquire(s)
+        try:
+            self.pool._call(slot, {"op": "session_close", "sid": self.sid}, 10.0)
+        finally:
+            self.pool._release(slot)
+
+    def __enter__(self) -> SandboxSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------ results
+def _to_result(resp: dict) -> SandboxResult:
+    if resp.get("setup_error"):
+        raise SandboxError(
+            f"a sandbox layer that passed the self-check failed: {resp['setup_error']}; "
+            "restart the pool (capabilities() may have changed) or report a bug"
+        )
+    out = base64.b64decode(resp.get("stdout", "")).decode("utf-8", errors="replace")
+    err = base64.b64decode(resp.get("stderr", "")).decode("utf-8", errors="replace")
+    code, sig, why = resp.get("exit_code"), resp.get("signal"), resp.get("killed_for")
+    r = SandboxResult(
+        status="ok",
+        stdout=out,
+        stderr=err,
+        exit_code=code,
+        signal=sig,
+        latency_s=float(resp.get("latency_s", 0.0)),
+    )
+    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "")
+    if why == "timeout":
+        r.status, r.error = "timeout", "wall-clock timeout: the process tree was killed"
+    elif why == "output_limit":
+        r.status, r.truncated = "output_limit", True
+        r.error = "output exceeded the capture cap: the process tree was killed"
+    elif why in ("crashed", "gone"):
+        r.status, r.error = "crashed", "the session process ended unexpectedly"
+    elif resp.get("oom_kill"):
+        r.status, r.error = "memory", "killed by the memory limit (cgroup OOM)"
+    elif sig is not None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        r.status, r.error = "crashed", f"killed by signal {name}"
+    elif code not in (0, None):
+        if last.startswith("MemoryError"):
+            r.status, r.error = "memory", "MemoryError (memory limit)"
+        else:
+            r.status, r.error = "error", last or f"exit code {code}"
+    return r
+
+
+def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
+    """Turn the probe's raw observations into layer verdicts with fixes."""
+    cfg = pool.config
+    steps = p.get("steps", {})
+    expected_uid = pool._uids.first + s.index if pool._uids else None
+    env_keys = set(_child_env(cfg, pool.python)) | {"HOME", "PWD", "TMPDIR"}
+    L: dict[str, Layer] = {}
+    L["process_per_run"] = Layer(True, "each run is forked from a clean zygote")
+    L["outside_timeout"] = Layer(True, "zygote deadline, SIGKILL of the process group and cgroup")
+    uid_ok = expected_uid is not None and p["resuid"] == [expected_uid] * 3 and expected_uid != 0
+    L["uid_drop"] = Layer(
+        uid_ok,
+        f"runs as uid {p['resuid'][0]}"
+        + ("" if uid_ok else f" (uid_drop step: {steps.get('uid_drop', 'not root')})"),
+        "run trajlab as root (or with CAP_SETUID/CAP_SETGID, e.g. docker --cap-add SETUID "
+        "--cap-add SETGID) so every slot gets its own unprivileged uid",
+    )
+    ns_ok = steps.get("namespaces") == "ok" and steps.get("uid_map") == "ok"
+    L["user_namespace"] = Layer(
+        ns_ok,
+        "user+mount+pid+net+ipc+uts namespaces"
+        if ns_ok
+        else f"unshare: {steps.get('namespaces')}; uid_map: {steps.get('uid_map')}",
+        "enable user namespaces (sysctl user.max_user_namespaces=15000, "
+        "kernel.unprivileged_userns_clone=1, or docker --security-opt seccomp=unconfined)",
+    )
+    L["pid_namespace"] = Layer(
+        ns_ok and p["pid"] == 1 and len(p["visible_pids"]) <= 3,
+        f"pid {p['pid']}, sees pids {p['visible_pids'][:8]}",
+        "needs user namespaces (see user_namespace)",
+    )
+    ifaces = p.get("net_ifaces")
+    L["net_namespace"] = Layer(ifaces == ["lo"], f"interfaces: {ifaces}", "needs user namespaces")
+    inet = p.get("inet_socket", "")
+    sec_ok = p.get("seccomp_mode") == "2"
+    L["seccomp"] = Layer(
+        sec_ok,
+        f"Seccomp mode {p.get('seccomp_mode')}"
+        + (f"; {s.info.get('seccomp_error')}" if s.info.get("seccomp_error") else ""),
+        "install libseccomp2 (apt-get install libseccomp2) and `pip install pyseccomp`",
+    )
+    sock_ok = inet.startswith("blocked") or (cfg.allow_loopback and sec_ok)
+    L["seccomp_socket_filter"] = Layer(
+        sock_ok, f"AF_INET socket: {inet}", "needs the seccomp layer"
+    )
+    L["network_blocked"] = Layer(
+        L["net_namespace"].ok or (sock_ok and not cfg.allow_loopback),
+        "private network namespace" if L["net_namespace"].ok else f"socket filter only ({inet})",
+        "enable user namespaces, or install libseccomp2 + pyseccomp for the socket filter",
+    )
+    leaked = sorted((set(p["env_keys"]) | set(p.get("proc_environ_keys") or [])) - env_keys)
+    L["env_scrubbed"] = Layer(
+        not leaked and isinstance(p.get("proc_environ_keys"), list),
+        "only whitelisted variables" if not leaked else f"unexpected variables {leaked}",
+        "the zygote must be started with SandboxPool (explicit env); report a bug",
+    )
+    L["mount_namespace"] = Layer(
+        steps.get("private_mounts") == "ok",
+        f"private mounts: {steps.get('private_mounts')}",
+        "needs user namespaces",
+    )
+    L["private_proc"] = Layer(
+        steps.get("private_proc") == "ok",
+        f"fresh procfs: {steps.get('private_proc')}",
+        "needs user+pid namespaces and a fully visible host /proc",
+    )
+    L["tmpfs_scratch"] = Layer(
+        steps.get("tmpfs") == "ok",
+        f"cwd {p.get('cwd')} ({p.get('cwd_bytes', -1) >> 20} MiB tmpfs), /tmp, /var/tmp, /dev/shm",
+        "needs a mount namespace",
+    )
+    visible = p.get("hidden_paths_visible", [])
+    L["minimal_root"] = Layer(
+        bool(p.get("minimal_root")) and not visible,
+        (
+            "read-only root: /usr, the interpreter prefix, /etc essentials"
+            if p.get("minimal_root")
+            else f"not used ({steps.get('minimal_root', 'disabled')})"
+        )
+        + (f"; VISIBLE: {visible}" if visible else ""),
+        "needs a mount namespace and pivot_root; keep the venv outside secret directories",
+    )
+    cg = p.get("cgroup", "")
+    cg_ok = bool(s.unit) and "cgroup_error" not in s.info and f"slot{s.index}" in cg
+    L["cgroup"] = Layer(
+        cg_ok,
+        f"{pool._cg_kind} memory {cfg.memory_bytes >> 20} MiB, pids {cfg.pids}"
+        if cg_ok
+        else "not available: RLIMIT_AS/NPROC only",
+        "run as root with a writable cgroup v1 memory+pids or v2 hierarchy"
+        + (f" ({s.info['cgroup_error']})" if s.info.get("cgroup_error") else ""),
+    )
+    L["rlimits"] = Layer(steps.get("rlimits") == "ok", f"{p.get('rlimits')}", "report a bug")
+    caps_ok = p.get("cap_eff", "x").strip("0") == "" and p.get("cap_bnd", "x").strip("0") == ""
+    L["caps_dropped"] = Layer(
+        caps_ok, f"CapEff {p.get('cap_eff')} CapBnd {p.get('cap_bnd')}", "report a bug"
+    )
+    L["no_new_privs"] = Layer(
+        p.get("no_new_privs") == "1", f"NoNewPrivs {p.get('no_new_privs')}", "report a bug"
+    )
+    exe_ok = bool(p.get("executable_ok")) and p.get("interpreter_exec") == "ok"
+    L["interpreter_usable"] = Layer(
+        exe_ok,
+        f"{p.get('executable')}: {p.get('interpreter_exec')}",
+        f"the sandbox uid cannot execute {pool.python} or read its prefix: create the venv "
+        "from a system-wide interpreter (/usr/bin/python3 -m venv /opt/trajlab-venv) or "
+        "make each parent directory o+rx (a mode-0700 home such as /root blocks it)",
+    )
+    writable = p.get("writable_sys_path", [])
+    L["site_packages_readonly"] = Layer(
+        not writable,
+        "sys.path not writable" if not writable else f"WRITABLE by the sandbox: {writable}",
+        f"make {writable} owned by root and not group/world-writable (chmod -R go-w); "
+        "a writable site-packages lets a .pth file run in every later Python process",
+    )
+    abi = int(s.info.get("landlock_abi", 0))
+    L["landlock"] = Layer(abi > 0, f"ABI {abi} present (reported, not used)", "optional")
+    info = {
+        "uid_range": pool.uids()[:1] + pool.uids()[-1:],
+        "cgroup": pool._cg_kind,
+        "preloaded": s.info.get("preloaded"),
+        "seccomp_skipped": s.info.get("seccomp_skipped"),
+        "steps": steps,
+        "mode": "untrusted" if not cfg.allow_insecure else "insecure-allowed",
+    }
+    return Capabilities(L, info)
+
+
+def capabilities(config: SandboxConfig | None = None) -> Capabilities:
+    """Probe which sandbox layers hold on this machine (starts and stops a 1-slot pool)."""
+    cfg = config or SandboxConfig()
+    probe_cfg = SandboxConfig(
+        **{
+            **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
+            "slots": 1,
+            "allow_insecure": True,
+        }
+    )
+    with SandboxPool(probe_cfg) as pool:
+        return pool.capabilities()

@@ -1,0 +1,1271 @@
+"""Zygote (fork server) of the Python sandbox, and the code that runs inside a sandbox.
+
+What: one zygote per pool slot. `SandboxPool` (trajlab/tools/sandbox.py) starts it with
+exec, a minimal explicit environment and `python -I` (so the trainer's environment
+block, which stays readable through /proc/self/environ, never reaches it). The zygote
+preloads numpy/sympy once, then serves requests that arrive as length-prefixed JSON
+frames on its stdin and answers on its stdout. For every run it forks:
+
+    zygote (root, clean) ─ fork C1: setsid → join cgroup → setgroups/setresgid/setresuid(slot uid)
+                            → PDEATHSIG → PR_SET_DUMPABLE → unshare(USER|MNT|PID|NET|IPC|UTS)
+                            → uid/gid map ─ fork C2 (pid 1 of the new pid namespace)
+                                  → private mounts, minimal read-only root (pivot_root), fresh
+                                    procfs, size-capped tmpfs cwd//tmp//var/tmp//dev/shm
+                                  → fds 0=/dev/null 1,2=pipes, all others closed; rlimits; env
+                                  → caps and bounding set dropped, NO_NEW_PRIVS, seccomp (last)
+                                  → exec(compile(code)) in a fresh __main__
+
+The zygote enforces the wall-clock deadline and the output cap from outside with SIGKILL
+of C1's process group (PDEATHSIG then takes C2 and with it the whole pid namespace), and
+finally kills whatever is left in the slot's cgroup. Results go back to the pool as a
+JSON frame that echoes the request's nonce; the sandbox itself never writes a frame on
+the result channel, so printed fake markers cannot forge one. Nothing is ever pickled.
+
+Departures from SANDBOX.md: user code runs as pid 1 of its namespace (saves a fork); the
+consequences (self-sent default-action signals are ignored, orphans are reaped only when
+the namespace dies) are harmless, and RLIMIT_CPU uses soft = hard so the kernel's
+SIGKILL lands (pitfall 6).
+
+Non-goals: this file has no policy. Which layers to apply is decided by the pool's
+self-check and passed in the `configure` frame; this file only applies them, and in
+`probe` runs reports which ones held. It imports nothing from trajlab, so the zygote
+stays small and independent of the project tree (which the sandbox cannot see).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+
+# ----------------------------------------------------------------------------- framing
+# A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
+
+MAX_FRAME = 32 << 20
+
+
+def write_frame(fd: int, obj: dict) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    buf = memoryview(struct.pack(">I", len(data)) + data)
+    while buf:
+        n = os.write(fd, buf)
+        buf = buf[n:]
+
+
+def read_exact(fd: int, n: int, deadline: float | None = None) -> bytes | None:
+    """n bytes from fd; None on EOF before the first byte; TimeoutError past deadline."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"no frame within the deadline ({got}/{n} bytes)")
+        b = os.read(fd, n - got)
+        if not b:
+            if got == 0:
+                return None
+            raise EOFError(f"stream closed inside a frame ({got}/{n} bytes)")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, deadline: float | None = None, limit: int = MAX_FRAME) -> dict | None:
+    head = read_exact(fd, 4, deadline)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > limit:
+        raise ValueError(f"frame of {n} bytes exceeds the {limit}-byte limit")
+    body = read_exact(fd, n, deadline)
+    if body is None:
+        raise EOFError("stream closed after a frame header")
+    obj = json.loads(body)
+    if not isinstance(obj, dict):
+        raise ValueError("frame is not a JSON object")
+    return obj
+
+
+# ----------------------------------------------------------------------------- libc
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYSCALLS = {  # numbers for the syscalls glibc does not wrap
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "landlock_create_ruleset": 444},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "landlock_create_ruleset": 444},
+}.get(os.uname().machine, {})
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWCGROUP = 0x02000000
+NS_FLAGS = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+SETUP_FAIL = 121  # exit code of C1/C2 when a required layer could not be applied
+
+
+def _err(what: str) -> OSError:
+    e = ctypes.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    r = _libc.prctl(
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(arg3),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    if r == -1:
+        raise _err(f"prctl({option})")
+    return r
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        raise _err("unshare")
+
+
+def mount(
+    src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    r = _libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    if r != 0:
+        raise _err(f"mount {src} on {dst}")
+
+
+def umount2(path: str, flags: int) -> None:
+    if _libc.umount2(path.encode(), ctypes.c_int(flags)) != 0:
+        raise _err(f"umount {path}")
+
+
+def pivot_root(new: str, old: str) -> None:
+    if _libc.syscall(ctypes.c_long(_SYSCALLS["pivot_root"]), new.encode(), old.encode()) != 0:
+        raise _err("pivot_root")
+
+
+def mount_setattr_recursive(path: str, attr_set: int) -> None:
+    attr = struct.pack("=QQQQ", attr_set, 0, 0, 0)  # struct mount_attr
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    r = _libc.syscall(
+        ctypes.c_long(_SYSCALLS["mount_setattr"]), ctypes.c_int(AT_FDCWD), path.encode(),
+        ctypes.c_uint(AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)),
+    )  # fmt: skip
+    if r != 0:
+        raise _err("mount_setattr")
+
+
+def drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets."""
+    last = int(_read("/proc/sys/kernel/cap_last_cap"))
+    for cap in range(last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, 4)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = ctypes.create_string_buffer(24)  # two zeroed __user_cap_data_struct
+    if _libc.capset(ctypes.create_string_buffer(header, 8), data) != 0:
+        raise _err("capset")
+
+
+def landlock_abi() -> int:
+    nr = _SYSCALLS.get("landlock_create_ruleset")
+    if nr is None:
+        return 0
+    r = _libc.syscall(ctypes.c_long(nr), None, ctypes.c_size_t(0), ctypes.c_uint(1))
+    return max(int(r), 0)
+
+
+# ----------------------------------------------------------------------------- cgroups
+def cgroup_oom_kills(unit: dict | None) -> int:
+    """OOM-kill counter of a cgroup unit ({"kind", "dirs"}); -1 when unknown."""
+    if not unit:
+        return -1
+    try:
+        if unit["kind"] == "v1":
+            path = os.path.join(unit["dirs"]["memory"], "memory.oom_control")
+        else:
+            path = os.path.join(unit["dirs"]["unified"], "memory.events")
+        for line in _read(path).splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill":
+                return int(v)
+    except (OSError, KeyError, ValueError):
+        pass
+    return -1
+
+
+def cgroup_pids(unit: dict | None) -> list[int]:
+    pids: set[int] = set()
+    for d in (unit or {}).get("dirs", {}).values():
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(x) for x in _read(os.path.join(d, "cgroup.procs")).split())
+    return sorted(pids)
+
+
+def cgroup_kill_all(unit: dict | None, deadline_s: float = 2.0, exclude: int = -1) -> int:
+    """SIGKILL every process in the unit (but `exclude`, the zygote) until none is left;
+    returns how many were signalled."""
+    killed = 0
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        pids = [p for p in cgroup_pids(unit) if p != exclude]
+        if not pids:
+            break
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    return killed
+
+
+def cgroup_create(kind: str, parents: dict[str, str], name: str, limits: dict) -> dict:
+    """mkdir one cgroup per controller under `parents`, write the limits, return the unit."""
+    dirs = {}
+    for ctrl, parent in parents.items():
+        d = os.path.join(parent, name)
+        os.makedirs(d, exist_ok=True)
+        dirs[ctrl] = d
+    mem, pids = str(limits["memory_bytes"]), str(limits["pids"])
+    if kind == "v1":
+        _write_text(os.path.join(dirs["memory"], "memory.limit_in_bytes"), mem)
+        memsw = os.path.join(dirs["memory"], "memory.memsw.limit_in_bytes")
+        if os.path.exists(memsw):  # no swap escape when swap accounting is on
+            _write_text(memsw, mem)
+        _write_text(os.path.join(dirs["pids"], "pids.max"), pids)
+    else:
+        u = dirs["unified"]
+        _write_text(os.path.join(u, "memory.max"), mem)
+        if os.path.exists(os.path.join(u, "memory.swap.max")):
+            _write_text(os.path.join(u, "memory.swap.max"), "0")
+        _write_text(os.path.join(u, "pids.max"), pids)
+    return {"kind": kind, "dirs": dirs}
+
+
+def cgroup_remove(unit: dict | None) -> None:
+    if not unit:
+        return
+    cgroup_kill_all(unit)
+    for d in unit["dirs"].values():
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY while the last killed task is exiting
+                time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------- seccomp
+_DENY_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "perf_event_open", "userfaultfd",
+    "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "personality",
+    "fanotify_init", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
+    "mount_setattr", "open_by_handle_at", "name_to_handle_at", "pidfd_getfd", "acct", "swapon",
+    "swapoff", "reboot", "syslog", "quotactl", "vhangup", "iopl", "ioperm", "lookup_dcookie",
+    "uselib", "kcmp", "add_key",
+)  # fmt: skip
+_CLONE_NS_BITS = (
+    CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP,
+)  # fmt: skip
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+
+
+def build_seccomp(allow_inet: bool):
+    """A denylist filter (default allow). Socket families: only AF_UNIX, plus AF_INET/AF_INET6
+    when loopback networking is allowed; never AF_NETLINK or AF_PACKET."""
+    import pyseccomp as sc
+
+    f = sc.SyscallFilter(defaction=sc.ALLOW)
+    eperm = sc.ERRNO(errno.EPERM)
+    skipped = []
+    for name in dict.fromkeys(_DENY_SYSCALLS):
+        try:
+            f.add_rule(eperm, name)
+        except Exception:  # syscall unknown to this libseccomp/arch
+            skipped.append(name)
+    allowed = {1} | ({2, 10} if allow_inet else set())  # AF_UNIX, AF_INET, AF_INET6
+    for call in ("socket", "socketpair"):
+        f.add_rule(eperm, call, sc.Arg(0, sc.GT, 45))  # beyond every family defined today
+        for fam in range(0, 46):
+            if fam not in allowed:
+                f.add_rule(eperm, call, sc.Arg(0, sc.EQ, fam))
+    for bit in _CLONE_NS_BITS:  # no nested namespaces (user namespaces above all)
+        f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
+    try:
+        f.add_rule(
+            sc.ERRNO(errno.ENOSYS), "clone3"
+        )  # glibc falls back to clone, which we can filter
+    except Exception:
+        skipped.append("clone3")
+    for req in (TIOCSTI, TIOCLINUX):
+        f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
+    return f, skipped
+
+
+# ----------------------------------------------------------------------------- sandbox setup
+class SetupError(Exception):
+    """A layer that the configuration requires could not be applied."""
+
+
+class Steps:
+    """Runs setup steps; in strict mode a failure raises, in probe mode it is recorded."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.log: dict[str, str] = {}
+
+    def __call__(self, name: str, fn, *args) -> bool:
+        try:
+            fn(*args)
+        except Exception as e:
+            if self.strict:
+                raise SetupError(f"{name}: {type(e).__name__}: {e}") from e
+            self.log[name] = f"{type(e).__name__}: {e}"
+            return False
+        self.log[name] = "ok"
+        return True
+
+
+def _drop_uid(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid):
+        raise OSError("uid drop did not stick")
+
+
+def _write_maps(uid: int, gid: int) -> None:
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} {gid} 1")
+
+
+def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
+    """Build, once per zygote and inside the zygote's own private mount namespace, the
+    read-only root every sandbox of this zygote pivots into. Doing it here, with the
+    zygote's privileges, lets a mode-0700 parent such as /root not block a bind (pitfall
+    8); copied into each sandbox's less-privileged namespace, these mounts are locked:
+    the sandbox can neither make them writable nor unmount them to look underneath."""
+    if os.geteuid() != 0:  # unprivileged: a user namespace of our own gives mount rights
+        uid, gid = os.getuid(), os.getgid()
+        unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        _write_maps(uid, gid)
+    else:
+        unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    for sub in ("proc", "dev", "dev/shm", "tmp", "var/tmp", "sandbox", "etc"):
+        os.makedirs(os.path.join(root, sub), mode=0o755, exist_ok=True)
+    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+        if os.path.islink("/" + name):  # merged-/usr systems
+            os.symlink(os.readlink("/" + name), os.path.join(root, name))
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        open(os.path.join(root, "dev", dev), "w").close()
+        mount(f"/dev/{dev}", os.path.join(root, "dev", dev), None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, os.path.join(root, "dev", name))
+    for path in list(binds) + list(etc):
+        if not os.path.exists(path):
+            continue
+        dst = root + path
+        if os.path.islink(dst):
+            continue  # e.g. /bin already provided as a symlink into /usr
+        if os.path.isdir(path):
+            os.makedirs(dst, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+            open(dst, "w").close()
+        mount(path, dst, None, MS_BIND | MS_REC)
+    try:
+        mount_setattr_recursive(root, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _enter_root(root: str) -> None:
+    # The prepared root came from a more privileged mount namespace, so it is locked and
+    # pivot_root refuses it; a recursive bind onto itself is a fresh, unlocked top mount
+    # (its children stay locked and read-only).
+    mount(root, root, None, MS_BIND | MS_REC)
+    # procfs must be mounted while the old root (with the host's fully visible /proc) is
+    # still attached: a user namespace may not mount proc where none is visible.
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir(root)
+    pivot_root(".", ".")
+    umount2(".", MNT_DETACH)  # the old root, stacked under the new one, goes away entirely
+    os.chdir("/")
+    mount_setattr_recursive("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+
+
+def _mount_scratch(minimal: bool, sizes: dict) -> str:
+    """Size-capped tmpfs on every writable place; returns the working directory."""
+    flags = MS_NOSUID | MS_NODEV
+    mount("tmpfs", "/tmp", "tmpfs", flags, f"size={sizes['tmp']},mode=1777")
+    if os.path.isdir("/var/tmp"):
+        mount("tmpfs", "/var/tmp", "tmpfs", flags, f"size={sizes['var_tmp']},mode=1777")
+    if os.path.isdir("/dev/shm"):
+        mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={sizes['shm']},mode=1777")
+    if minimal:
+        mount("tmpfs", "/sandbox", "tmpfs", flags, f"size={sizes['cwd']},mode=0700")
+        return "/sandbox"
+    os.mkdir("/tmp/sandbox", 0o700)
+    return "/tmp/sandbox"
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifr = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifr))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
+    finally:
+        s.close()
+
+
+def _set_rlimits(lim: dict) -> None:
+    import resource as r
+
+    for res, val in (
+        (
+            r.RLIMIT_CPU,
+            lim.get("cpu_s"),
+        ),  # a spare gets its CPU limit with its code  # soft = hard: the kernel SIGKILL reaches even pid 1 (pitfall 6)
+        (r.RLIMIT_AS, lim["as_bytes"]),
+        (r.RLIMIT_FSIZE, lim["fsize_bytes"]),
+        (r.RLIMIT_NOFILE, lim["nofile"]),
+        (r.RLIMIT_NPROC, lim["nproc"]),
+        (r.RLIMIT_CORE, 0),
+    ):
+        if val is not None:
+            r.setrlimit(res, (val, val))
+
+
+class Job:
+    """Everything a forked sandbox needs; built in the zygote before fork."""
+
+    def __init__(self, z: Zygote, kind: str, code: str, limits: dict, unit: dict | None, uid, gid):
+        self.z, self.kind, self.code, self.limits, self.unit = z, kind, code, limits, unit
+        self.uid, self.gid = uid, gid
+        self.join_unit = unit if kind == "session" else None
+        self.code_w = -1  # spare sandboxes wait for their code on a pipe
+        self.status: int | None = None  # wait status of C1 once reaped
+        self.out_r, self.out_w = os.pipe()
+        self.err_r, self.err_w = os.pipe()
+        self.st_r, self.st_w = os.pipe()  # setup errors (strict mode) travel here
+        self.extra: list[int] = []  # session pipes kept open in C2
+        self.pid = 0
+        self.fallback_cwd = f"/tmp/trajlab-sandbox-{os.urandom(8).hex()}"
+
+
+def _c1_main(job: Job) -> None:
+    """First child: setsid, cgroup, uid drop, namespaces; forks C2 and mirrors its end."""
+    z, lay = job.z, job.z.layers
+    steps = Steps(strict=not z.probing)
+    os.setsid()
+    if lay["cgroup"] and job.join_unit:  # sessions; runs inherit the zygote's slot cgroup
+        for d in job.join_unit["dirs"].values():
+            steps("cgroup", _write_text, os.path.join(d, "cgroup.procs"), str(os.getpid()))
+    # The zygote shares the slot cgroup: make sure its OOM killer always picks a sandbox.
+    steps("oom_score_adj", _write_text, "/proc/self/oom_score_adj", "1000")
+    if lay["uid_drop"]:
+        steps("uid_drop", _drop_uid, job.uid, job.gid)
+    steps("pdeathsig_c1", prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != z.pid:
+        os._exit(SETUP_FAIL)  # the zygote died before PDEATHSIG was armed
+    ns = False
+    uid, gid = os.getuid(), os.getgid()  # after unshare they read as the overflow id
+    if lay["namespaces"]:
+        steps("dumpable", prctl, PR_SET_DUMPABLE, 1)  # else uid_map is root-owned (pitfall 4)
+        ns = steps("namespaces", unshare, NS_FLAGS)
+        if ns:
+            ns = steps("uid_map", _write_maps, uid, gid)
+    c2 = os.fork()
+    if c2 == 0:
+        _c2_main(job, steps, ns)
+        os._exit(SETUP_FAIL)
+    os.closerange(0, 1 << 16)
+    _, status = os.waitpid(c2, 0)
+    if os.WIFSIGNALED(status):  # die the same way so the zygote sees the signal
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read(path: str, mode: str = "r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
+    z, lay = job.z, job.z.layers
+    steps("pdeathsig_c2", prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+    cwd = None
+    minimal = False
+    if ns:
+        steps("private_mounts", mount, None, "/", None, MS_REC | MS_PRIVATE)
+        if lay["minimal_root"] and z.root_ready:
+            minimal = steps("minimal_root", _enter_root, z.stage_dir)
+            if minimal:
+                steps.log["private_proc"] = "ok"
+        elif lay["minimal_root"]:
+            steps.log["minimal_root"] = z.root_error
+        if not minimal:
+            steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if steps("tmpfs", _set_cwd_holder, minimal, z.sizes):
+            cwd = _CWD[0]
+        steps("hostname", _sethostname, b"sandbox")
+        if z.allow_loopback:
+            steps("loopback", _loopback_up)
+    env = dict(z.child_env)
+    if cwd is None:  # degraded: no mount namespace; a private dir the zygote deletes afterwards
+        cwd = job.fallback_cwd
+        steps("cwd_dir", os.mkdir, cwd, 0o700)
+        env["TMPDIR"] = cwd
+    env.update(HOME=cwd, PWD=cwd)
+    # Move the fds we keep above every target number first, so no dup2 clobbers another.
+    keep = [os.open("/dev/null", os.O_RDWR), job.out_w, job.err_w, *job.extra, job.st_w]
+    floor = max(max(keep), 16) + 1
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for fd in keep]
+    os.dup2(high[0], 0)
+    os.dup2(high[1], 1)
+    os.dup2(high[2], 2)
+    for i, fd in enumerate(high[3:]):
+        os.dup2(fd, 3 + i)
+    job.st_w = 3 + len(job.extra)
+    os.closerange(job.st_w + 1, 1 << 16)
+    steps("rlimits", _set_rlimits, job.limits)
+    os.chdir(cwd)
+    os.umask(0o077)
+    os.environ.clear()
+    os.environ.update(env)
+    if lay["caps"]:
+        steps("caps_dropped", drop_capabilities)
+    steps("no_new_privs", prctl, PR_SET_NO_NEW_PRIVS, 1)
+    if lay["seccomp"] and z.seccomp is not None:
+        steps("seccomp", z.seccomp.load)
+    os.close(job.st_w)  # setup is over: from here on only the user's code runs
+    if job.kind == "probe":
+        _probe_inside(z, steps, cwd, minimal)
+    elif job.kind == "session":
+        _session_loop()
+    elif job.kind == "spare":
+        _await_code()
+    else:
+        _run_user_code(job.code)
+
+
+_CWD: list[str] = []
+
+
+def _set_cwd_holder(minimal: bool, sizes: dict) -> None:
+    _CWD[:] = [_mount_scratch(minimal, sizes)]
+
+
+def _sethostname(name: bytes) -> None:
+    if _libc.sethostname(name, ctypes.c_size_t(len(name))) != 0:
+        raise _err("sethostname")
+
+
+# ----------------------------------------------------------------------------- user code
+def _fresh_stdio() -> None:
+    import io
+
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _exec_cell(code: str, main_dict: dict, filename: str) -> int:
+    """Run one code string; print a traceback on error; return the exit code."""
+    import linecache
+    import traceback
+
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        exec(compile(code, filename, "exec"), main_dict)
+        return 0
+    except SystemExit as e:
+        if e.code is None:
+            return 0
+        if isinstance(e.code, int):
+            return e.code & 0xFF
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+            tb = tb.tb_next  # hide the harness frames
+        try:
+            traceback.print_exception(type(e), e, tb)
+        except BaseException:
+            os.write(2, f"{type(e).__name__}\n".encode())
+        return 1
+
+
+def _new_main() -> dict:
+    import builtins
+    import types
+
+    mod = types.ModuleType("__main__")
+    mod.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = mod
+    sys.argv = ["-c"]
+    return mod.__dict__
+
+
+def _finish(code: int) -> None:
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # join non-daemon threads, as the interpreter does at exit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            s.flush()
+    os._exit(code)
+
+
+def _run_user_code(code: str) -> None:
+    import atexit
+
+    atexit._clear()  # the zygote's own exit handlers must never run in a sandbox
+    _fresh_stdio()
+    _finish(_exec_cell(code, _new_main(), "<code>"))
+
+
+def _await_code() -> None:
+    """A warm spare: fully set up in advance, it waits on fd 3 for the one frame carrying
+    its code and CPU limit, then runs it. EOF means the zygote discarded it."""
+    import resource
+
+    try:
+        req = read_frame(3)
+    except Exception:
+        req = None
+    if req is None:
+        os._exit(0)
+    os.close(3)
+    cpu = int(req["cpu_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))  # lowering needs no privilege
+    _run_user_code(req["code"])
+
+
+def _session_loop() -> None:
+    """A notebook: cells arrive as frames on fd 3, each answered with a frame on fd 4.
+    The sandboxed code can reach fds 3/4 too; it can only confuse its own session."""
+    import atexit
+
+    atexit._clear()
+    _fresh_stdio()
+    g = _new_main()
+    n = 0
+    while True:
+        try:
+            req = read_frame(3)
+        except Exception:
+            break
+        if req is None:
+            break
+        n += 1
+        rc = _exec_cell(req.get("code", ""), g, f"<cell {n}>")
+        for s in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                s.flush()
+        write_frame(4, {"nonce": req.get("nonce"), "exit_code": rc})
+    _finish(0)
+
+
+def _probe_inside(z: Zygote, steps: Steps, cwd: str, minimal: bool) -> None:
+    """Report, from inside a fully set-up sandbox, which layers actually hold."""
+    import socket
+    import subprocess
+
+    r: dict = {"steps": steps.log, "cwd": cwd, "minimal_root": minimal}
+    r["resuid"] = list(os.getresuid())
+    r["resgid"] = list(os.getresgid())
+    status = dict(
+        line.split(":", 1) for line in _read("/proc/self/status").splitlines() if ":" in line
+    )
+    r["cap_eff"] = status.get("CapEff", "").strip()
+    r["cap_bnd"] = status.get("CapBnd", "").strip()
+    r["no_new_privs"] = status.get("NoNewPrivs", "").strip()
+    r["seccomp_mode"] = status.get("Seccomp", "").strip()
+    r["pid"] = os.getpid()
+    r["visible_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    try:
+        r["net_ifaces"] = [
+            ln.split(":")[0].strip() for ln in _read("/proc/net/dev").splitlines()[2:]
+        ]
+    except OSError as e:
+        r["net_ifaces"] = f"unreadable: {e}"
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        r["inet_socket"] = "allowed"
+    except OSError as e:
+        r["inet_socket"] = f"blocked: {errno.errorcode.get(e.errno, e.errno)}"
+    r["env_keys"] = sorted(os.environ)
+    try:
+        raw = _read("/proc/self/environ", "rb")
+        r["proc_environ_keys"] = sorted(
+            {kv.split(b"=", 1)[0].decode() for kv in raw.split(b"\0") if kv}
+        )
+    except OSError as e:
+        r["proc_environ_keys"] = f"unreadable: {e}"
+    r["hidden_paths_visible"] = [p for p in z.hidden_paths if os.path.exists(p)]
+    r["executable"] = sys.executable
+    r["executable_ok"] = os.access(sys.executable, os.X_OK)
+    writable = []
+    for p in sys.path:
+        if p and os.path.isdir(p):
+            probe = os.path.join(p, ".trajlab-write-probe")
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError:
+                continue
+            os.close(fd)
+            os.unlink(probe)
+            writable.append(p)
+    r["writable_sys_path"] = writable
+    try:
+        cp = subprocess.run(
+            [sys.executable, "-I", "-c", "import sys, json; print(json.dumps(sys.prefix))"],
+            capture_output=True, timeout=20,
+        )  # fmt: skip
+        r["interpreter_exec"] = "ok" if cp.returncode == 0 else cp.stderr.decode()[-500:]
+    except Exception as e:
+        r["interpreter_exec"] = f"{type(e).__name__}: {e}"
+    try:
+        st = os.statvfs(cwd)
+        r["cwd_bytes"] = st.f_blocks * st.f_frsize
+    except OSError:
+        r["cwd_bytes"] = -1
+    import resource
+
+    r["rlimits"] = {
+        name: list(resource.getrlimit(getattr(resource, name)))
+        for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC")
+    }
+    r["cgroup"] = _read("/proc/self/cgroup")
+    os.write(1, json.dumps(r).encode())
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------- zygote
+class Session:
+    def __init__(self, job: Job, cell_w: int, done_r: int):
+        self.job, self.cell_w, self.done_r = job, cell_w, done_r
+        self.last_used = time.monotonic()
+        self.cells = 0
+
+
+class Zygote:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.pid = os.getpid()
+        self.probing = True
+        self.layers = {
+            k: True for k in ("cgroup", "uid_drop", "namespaces", "minimal_root", "caps", "seccomp")
+        }
+        self.uid, self.gid = cfg.get("uid"), cfg.get("gid")
+        self.session_uid, self.session_gid = cfg.get("session_uid"), cfg.get("session_gid")
+        if self.uid is None:
+            self.layers["uid_drop"] = False
+        self.unit = cfg.get("cgroup_unit")
+        if not self.unit:
+            self.layers["cgroup"] = False
+        self.session_parents = cfg.get("cgroup_session_parents")
+        self.sizes = cfg["tmpfs"]
+        self.stage_dir = cfg["stage_dir"]
+        self.child_env = cfg["child_env"]
+        self.hidden_paths = cfg.get("hidden_paths", [])
+        self.allow_loopback = bool(cfg.get("allow_loopback"))
+        self.root_ready, self.root_error = False, "not requested"
+        self.seccomp = None
+        self.seccomp_skipped: list[str] = []
+        self.sessions: dict[str, Session] = {}
+        self.runs = 0
+        self.spare: Job | None = None
+        self.spare_limits: dict | None = None
+
+    def startup(self) -> dict:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        info: dict = {"preloaded": [], "preload_errors": {}}
+        if self.unit:  # join once: moving every run costs ~5-10 ms (an RCU sync in the kernel)
+            try:
+                for d in self.unit["dirs"].values():
+                    _write_text(os.path.join(d, "cgroup.procs"), str(self.pid))
+            except OSError as e:
+                info["cgroup_error"] = f"{type(e).__name__}: {e}"
+                self.unit = None
+                self.layers["cgroup"] = False
+        for mod in self.cfg.get("preload", []):
+            try:
+                __import__(mod)
+                info["preloaded"].append(mod)
+            except Exception as e:
+                info["preload_errors"][mod] = f"{type(e).__name__}: {e}"
+        if "sympy" in info["preloaded"]:  # warm sympy's caches once, for every later fork
+            import sympy
+
+            x = sympy.Symbol("x")
+            sympy.solve(x**2 - 4, x)
+            sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+        for mod in ("io", "linecache", "traceback", "types", "builtins", "atexit", "threading",
+                    "resource", "fcntl", "socket", "subprocess"):  # fmt: skip
+            __import__(mod)
+        try:
+            self.seccomp, self.seccomp_skipped = build_seccomp(self.allow_loopback)
+        except Exception as e:
+            info["seccomp_error"] = f"{type(e).__name__}: {e}"
+            self.layers["seccomp"] = False
+        info["seccomp_skipped"] = self.seccomp_skipped
+        info["landlock_abi"] = landlock_abi()
+        if self.cfg.get("binds"):
+            try:
+                prepare_minimal_root(self.stage_dir, self.cfg["binds"], self.cfg.get("etc", []))
+                self.root_ready, self.root_error = True, ""
+            except Exception as e:
+                self.root_error = f"{type(e).__name__}: {e}"
+                self.layers["minimal_root"] = False
+        info["minimal_root"] = self.root_error or "ok"
+        info["vm_size_kb"] = _vm_size_kb()
+        return info
+
+    # -- one run ---------------------------------------------------------------------------
+    def spawn(self, job: Job) -> None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _c1_main(job)
+            except SetupError as e:
+                _report_setup_error(job, str(e))
+            except BaseException as e:
+                _report_setup_error(job, f"{type(e).__name__}: {e}")
+            os._exit(SETUP_FAIL)
+        job.pid = pid
+        for fd in (job.out_w, job.err_w, job.st_w, *job.extra):
+            os.close(fd)
+
+    def collect(self, job: Job, deadline: float, cap: int, done_r: int | None = None, nonce=None):
+        """Read output until the sandbox ends (or, for a session cell, says it is done),
+        the deadline passes or the cap is hit. Returns (out, err, why, done_frame)."""
+        bufs = {job.out_r: bytearray(), job.err_r: bytearray()}
+        open_fds = [job.out_r, job.err_r]
+        pidfd = os.pidfd_open(job.pid)
+        why, done = None, None
+        exited_at = None
+        watch = [pidfd, 0] + ([done_r] if done_r is not None else [])
+        try:
+            while open_fds or exited_at is None:
+                now = time.monotonic()
+                if now >= deadline:
+                    why = "timeout"
+                    break
+                if exited_at is not None and now - exited_at > 0.5:
+                    break  # something outside our pid namespace still holds a pipe
+                wait = deadline - now if exited_at is None else 0.05
+                ready = select.select(open_fds + watch, [], [], wait)[0]
+                for fd in ready:
+                    if fd == pidfd:
+                        exited_at = exited_at or time.monotonic()
+                        watch.remove(pidfd)
+                    elif fd == 0:
+                        raise _HostGone()
+                    elif fd == done_r:
+                        try:
+                            done = read_frame(done_r, time.monotonic() + 1.0, limit=4096)
+                        except Exception:  # a sandbox scribbled on its own channel
+                            done = None
+                        if done is None or done.get("nonce") != nonce:
+                            why = "crashed"  # session died or tampered with its channel
+                        why = why or "done"
+                        break
+                    else:
+                        chunk = os.read(fd, 65536)
+                        if not chunk:
+                            open_fds.remove(fd)
+                            continue
+                        room = cap - len(bufs[job.out_r]) - len(bufs[job.err_r])
+                        bufs[fd] += chunk[: max(room, 0)]
+                        if len(chunk) > room:
+                            why = "output_limit"
+                            break
+                if why:
+                    break
+            if why == "done":  # drain what the cell wrote before it reported
+                for fd in open_fds:
+                    os.set_blocking(fd, False)
+                    try:
+                        while chunk := os.read(fd, 65536):
+                            room = cap - len(bufs[job.out_r]) - len(bufs[job.err_r])
+                            bufs[fd] += chunk[: max(room, 0)]
+                            if len(chunk) > room:
+                                why = "output_limit"
+                                break
+                    except BlockingIOError:
+                        pass
+                    os.set_blocking(fd, True)
+        finally:
+            os.close(pidfd)
+        return bytes(bufs[job.out_r]), bytes(bufs[job.err_r]), why, done
+
+    def kill(self, job: Job, unit: dict | None) -> None:
+        for target in (-job.pid, job.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, signal.SIGKILL)
+        cgroup_kill_all(unit, exclude=self.pid)
+
+    def reap(self, job: Job) -> tuple[int | None, int | None]:
+        """Wait for C1; returns (exit_code, signal)."""
+        if job.status is None:
+            _, job.status = os.waitpid(job.pid, 0)
+        self._reap_strays(wait_s=1.0)
+        if os.WIFSIGNALED(job.status):
+            return None, os.WTERMSIG(job.status)
+        return os.WEXITSTATUS(job.status), None
+
+    def _children(self) -> set[int]:
+        try:
+            with open(f"/proc/self/task/{self.pid}/children") as f:
+                return {int(x) for x in f.read().split()}
+        except OSError:
+            return set()
+
+    def _reap_strays(self, wait_s: float = 0.0) -> None:
+        """Collect exited children (we are a subreaper: a sandbox's pid 1 whose C1 died
+        first lands here). Waits up to wait_s for untracked children to finish dying;
+        remembers the status of tracked ones so reap() never waits for them twice."""
+        tracked = {s.job.pid: s.job for s in self.sessions.values()}
+        if self.spare is not None:
+            tracked[self.spare.pid] = self.spare
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                if pid in tracked:
+                    tracked[pid].status = status
+                continue
+            if not (self._children() - set(tracked)) or time.monotonic() >= end:
+                return
+            time.sleep(0.001)
+
+    def setup_error(self, job: Job) -> str:
+        os.set_blocking(job.st_r, False)
+        try:
+            return os.read(job.st_r, 4096).decode(errors="replace")
+        except BlockingIOError:
+            return ""
+
+    def make_spare(self) -> None:
+        """Fork the next sandbox now, so it is set up while the host is busy elsewhere."""
+        if self.spare is None and self.spare_limits is not None and not self.probing:
+            job = Job(self, "spare", "", self.spare_limits, self.unit, self.uid, self.gid)
+            code_r, job.code_w = os.pipe()
+            job.extra = [code_r]
+            self.spawn(job)
+            self.spare = job
+
+    def drop_spare(self) -> None:
+        job, self.spare = self.spare, None
+        if job is not None:
+            os.close(job.code_w)  # EOF: the spare exits by itself, C1 collects its pid 1
+            if job.status is None:
+                pidfd = os.pidfd_open(job.pid)
+                exited = select.select([pidfd], [], [], 0.5)[0]
+                os.close(pidfd)
+                if not exited:
+                    self.kill(job, None)
+            self.reap(job)
+            for fd in (job.out_r, job.err_r, job.st_r):
+                os.close(fd)
+
+    def run(self, req: dict) -> dict:
+        kind = req.get("kind", "run")
+        if kind == "probe":
+            self.probing = True
+            self.drop_spare()
+        limits = req["limits"]
+        oom0 = cgroup_oom_kills(self.unit)
+        t0 = time.monotonic()
+        if kind == "run" and not self.probing:
+            if self.spare is None or self.spare_limits != _no_cpu(limits):
+                self.drop_spare()
+                self.spare_limits = _no_cpu(limits)
+                self.make_spare()
+            job, self.spare = self.spare, None
+            with contextlib.suppress(OSError):  # a spare that died in setup: its status says why
+                write_frame(job.code_w, {"code": req.get("code", ""), "cpu_s": limits["cpu_s"]})
+            os.close(job.code_w)
+        else:
+            job = Job(self, kind, req.get("code", ""), limits, self.unit, self.uid, self.gid)
+            self.spawn(job)
+        try:
+            out, err, why, _ = self.collect(
+                job, t0 + float(req["timeout_s"]), int(req["output_cap"])
+            )
+        except BaseException:
+            self.kill(job, self.unit)
+            raise
+        if why:
+            self.kill(job, self.unit)
+        code, sig = self.reap(job)
+        if self.unit:  # anything that escaped the namespace teardown
+            cgroup_kill_all(self.unit, exclude=self.pid)
+        if os.path.lexists(job.fallback_cwd):  # degraded mode only (no mount namespace)
+            import shutil
+
+            shutil.rmtree(job.fallback_cwd, ignore_errors=True)
+        latency = time.monotonic() - t0
+        setup_err = self.setup_error(job) if code == SETUP_FAIL else ""
+        for fd in (job.out_r, job.err_r, job.st_r):
+            os.close(fd)
+        self.runs += 1
+        oom = cgroup_oom_kills(self.unit) > oom0 >= 0
+        if kind == "probe":
+            self.probing = False
+        return _result(req["nonce"], out, err, code, sig, why, oom, latency, setup_err)
+
+    # -- sessions -------------------------------------------------------------------------
+    def session_open(self, req: dict) -> dict:
+        sid = req["sid"]
+        if len(self.sessions) >= int(req.get("max_sessions", 8)):
+            return {"nonce": req["nonce"], "status": "refused", "error": "too many open sessions"}
+        unit = None
+        if self.layers["cgroup"] and self.session_parents:
+            unit = cgroup_create(self.session_parents["kind"], self.session_parents["parents"],
+                                 f"session-{sid}", req["limits"]["cgroup"])  # fmt: skip
+        uid = self.session_uid if self.layers["uid_drop"] else None
+        gid = self.session_gid if self.layers["uid_drop"] else None
+        job = Job(self, "session", "", req["limits"], unit, uid, gid)
+        cell_r, cell_w = os.pipe()
+        done_r, done_w = os.pipe()
+        job.extra = [cell_r, done_w]
+        self.spawn(job)
+        self.sessions[sid] = Session(job, cell_w, done_r)
+        return {"nonce": req["nonce"], "status": "ok"}
+
+    def session_run(self, req: dict) -> dict:
+        s = self.sessions.get(req["sid"])
+        if s is None:
+            return _result(req["nonce"], b"", b"", None, None, "gone", False, 0.0, "")
+        t0 = time.monotonic()
+        oom0 = cgroup_oom_kills(s.job.unit)
+        cell_nonce = base64.b16encode(os.urandom(8)).decode()
+        try:
+            write_frame(s.cell_w, {"nonce": cell_nonce, "code": req["code"]})
+        except OSError:
+            self._drop_session(req["sid"])
+            return _result(req["nonce"], b"", b"", None, None, "gone", False, 0.0, "")
+        try:
+            out, err, why, done = self.collect(
+                s.job, t0 + float(req["timeout_s"]), int(req["output_cap"]), s.done_r, cell_nonce
+            )
+        except BaseException:
+            self._drop_session(req["sid"])
+            raise
+        s.last_used = time.monotonic()
+        s.cells += 1
+        latency = time.monotonic() - t0
+        if why == "done":
+            rc = done.get("exit_code") if isinstance(done, dict) else None
+            rc = rc if isinstance(rc, int) else 1
+            return _result(req["nonce"], out, err, rc, None, None, False, latency, "")
+        # the cell ended the session (timeout, cap, crash, exit): kill and report
+        self.kill(s.job, s.job.unit)
+        code, sig = self.reap(s.job)
+        oom = cgroup_oom_kills(s.job.unit) > oom0 >= 0
+        self._drop_session(req["sid"], kill=False)
+        res = _result(req["nonce"], out, err, code, sig, why, oom, latency, "")
+        res["session_reset"] = True
+        return res
+
+    def _drop_session(self, sid: str, kill: bool = True) -> None:
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            return
+        if kill:
+            self.kill(s.job, s.job.unit)
+            self.reap(s.job)
+        for fd in (s.cell_w, s.done_r, s.job.out_r, s.job.err_r, s.job.st_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        cgroup_remove(s.job.unit)
+
+    def expire_sessions(self, idle_s: float) -> None:
+        now = time.monotonic()
+        for sid, s in list(self.sessions.items()):
+            if now - s.last_used > idle_s:
+                self._drop_session(sid)
+
+    def shutdown(self) -> None:
+        self.drop_spare()
+        for sid in list(self.sessions):
+            self._drop_session(sid)
+        for pid in self._children():  # nothing may outlive the zygote (nor reach init)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reap_strays(wait_s=2.0)
+
+
+class _HostGone(Exception):
+    pass
+
+
+def _report_setup_error(job: Job, msg: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(job.st_w, msg.encode()[:4000])
+
+
+def _no_cpu(limits: dict) -> dict:
+    return {k: v for k, v in limits.items() if k != "cpu_s"}
+
+
+def _vm_size_kb() -> int:
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+    return -1
+
+
+def _result(
+    nonce, out: bytes, err: bytes, code, sig, why, oom: bool, latency: float, setup_err: str
+) -> dict:
+    return {
+        "nonce": nonce,
+        "stdout": base64.b64encode(out).decode(),
+        "stderr": base64.b64encode(err).decode(),
+        "exit_code": code,
+        "signal": sig,
+        "killed_for": why,  # timeout | output_limit | crashed | gone | None
+        "oom_kill": oom,
+        "latency_s": latency,
+        "setup_error": setup_err,
+    }
+
+
+def main() -> None:
+    cfg = read_frame(0)
+    if cfg is None:
+        return
+    z = Zygote(cfg)
+    write_frame(1, {"op": "ready", "info": z.startup(), "pid": z.pid})
+    idle_s = float(cfg.get("session_idle_s", 600))
+    while True:
+        timeout = 5.0 if z.sessions else None
+        if not select.select([0], [], [], timeout)[0]:
+            z.expire_sessions(idle_s)
+            continue
+        try:
+            req = read_frame(0)
+        except Exception:
+            break
+        if req is None or req.get("op") == "shutdown":
+            break
+        op = req.get("op")
+        try:
+            if op == "configure":
+                z.drop_spare()
+                z.layers.update(req["layers"])
+                z.probing = False
+                resp = {"nonce": req["nonce"], "status": "ok"}
+            elif op == "run":
+                resp = z.run(req)
+            elif op == "session_open":
+                resp = z.session_open(req)
+            elif op == "session_run":
+                resp = z.session_run(req)
+            elif op == "session_close":
+                z._drop_session(req["sid"])
+                resp = {"nonce": req["nonce"], "status": "ok"}
+            elif op == "ping":
+                resp = {
+                    "nonce": req["nonce"],
+                    "status": "ok",
+                    "runs": z.runs,
+                    "spare_pid": z.spare.pid if z.spare else None,
+                    "session_pids": [x.job.pid for x in z.sessions.values()],
+                }
+            else:
+                resp = {
+                    "nonce": req.get("nonce"),
+                    "status": "bad_op",
+                    "error": f"unknown op {op!r}",
+                }
+        except _HostGone:
+            break
+        except Exception as e:  # report, keep serving: one broken request must not kill the slot
+            resp = {
+                "nonce": req.get("nonce"),
+                "status": "zygote_error",
+                "error": f"{type(e).__name__}: {e}",
+            }
+        z.expire_sessions(idle_s)
+        try:
+            write_frame(1, resp)
+        except OSError:
+            break
+        if op == "run":
+            try:
+                z.make_spare()
+            except Exception:  # e.g. EAGAIN at the process limit: the next run forks anew
+                z.spare = None
+    z.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
