@@ -309,6 +309,27 @@ def _bind_paths(python: str) -> list[str]:
     return out
 
 
+# Directories every sandbox has (fresh and private), so they can never be "hidden".
+_ALWAYS_PRESENT = {
+    "",
+    "/",
+    "/tmp",
+    "/var",
+    "/var/tmp",
+    "/dev",
+    "/dev/shm",
+    "/proc",
+    "/etc",
+    "/sandbox",
+}
+
+
+def _covers(path: str, binds: list[str]) -> bool:
+    """True when `path` is, or is a parent of, a bind-mounted directory (so it exists)."""
+    p = path.rstrip("/") + "/"
+    return any((b.rstrip("/") + "/").startswith(p) for b in binds)
+
+
 _ETC = (
     "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
     "host.conf", "passwd", "group", "os-release", "mime.types", "ssl", "alternatives",
@@ -500,7 +521,9 @@ class SandboxPool:
             "as_bytes": cfg.memory_bytes,
             "fsize_bytes": cfg.fsize_bytes,
             "nofile": cfg.nofile,
-            "nproc": cfg.pids if self._uids is not None else None,  # only with a dropped uid
+            # RLIMIT_NPROC counts per uid (per user namespace): safe with a dropped uid or a
+            # private user namespace; without both it would count the caller's own processes.
+            "nproc": cfg.pids if self._uids is not None or self._layers.get("namespaces") else None,
         }
         if cgroup:
             lim["cgroup"] = {"memory_bytes": cfg.memory_bytes, "pids": cfg.pids}
@@ -553,6 +576,7 @@ class SandboxPool:
             os.path.expanduser("~"),
             *cfg.hidden_paths,
         ]
+        binds = _bind_paths(self.python) if cfg.minimal_root else []
         return {
             "slot": s.index,
             "uid": uid,
@@ -571,9 +595,11 @@ class SandboxPool:
             },
             "stage_dir": str(self._state / "root"),
             "child_env": _child_env(cfg, self.python),
-            "hidden_paths": [h for h in hidden if h not in ("", "/")],
+            "hidden_paths": [
+                h for h in hidden if h not in _ALWAYS_PRESENT and not _covers(h, binds)
+            ],
             "allow_loopback": cfg.allow_loopback,
-            "binds": _bind_paths(self.python) if cfg.minimal_root else [],
+            "binds": binds,
             "etc": [f"/etc/{e}" for e in _ETC if os.path.exists(f"/etc/{e}")],
             "preload": list(cfg.preload),
             "session_idle_s": cfg.session_idle_s,

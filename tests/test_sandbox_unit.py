@@ -1,0 +1,160 @@
+"""Unit tests of the sandbox's pure parts: framing, config validation, status mapping,
+observation formatting, mode enforcement. No sandbox is started here."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import time
+
+import pytest
+
+from trajlab.tools import sandbox as sb
+from trajlab.tools import sandbox_zygote as zy
+from trajlab.tools.python import PythonToolConfig, _bad_args, format_observation
+from trajlab.tools.sandbox import Capabilities, Layer, SandboxConfig, SandboxResult
+
+
+def test_frame_round_trip_and_limits():
+    r, w = os.pipe()
+    zy.write_frame(w, {"nonce": "n1", "stdout": "é\x00"})
+    assert zy.read_frame(r) == {"nonce": "n1", "stdout": "é\x00"}
+    os.write(w, struct.pack(">I", 10_000))  # a header promising more than the limit
+    with pytest.raises(ValueError, match="exceeds"):
+        zy.read_frame(r, limit=100)
+    os.close(w)
+    assert zy.read_frame(r) is None  # clean EOF
+    os.close(r)
+
+
+def test_frame_truncated_and_deadline():
+    r, w = os.pipe()
+    os.write(w, struct.pack(">I", 50) + b"{")
+    with pytest.raises(TimeoutError):
+        zy.read_frame(r, deadline=time.monotonic() + 0.05)
+    os.close(w)
+    os.close(r)
+    r, w = os.pipe()
+    os.write(w, struct.pack(">I", 50) + b"{")
+    os.close(w)
+    with pytest.raises(EOFError, match="inside a frame"):
+        zy.read_frame(r)
+    os.close(r)
+
+
+def test_frame_rejects_non_object():
+    r, w = os.pipe()
+    data = b"[1, 2]"
+    os.write(w, struct.pack(">I", len(data)) + data)
+    with pytest.raises(ValueError, match="not a JSON object"):
+        zy.read_frame(r)
+    os.close(r)
+    os.close(w)
+
+
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("timeout_s", 0, "timeout_s"),
+        ("output_cap_bytes", 2 << 20, "output_cap_bytes"),
+        ("cgroup", "v3", "cgroup"),
+        ("pids", 0, "pids"),
+    ],
+)
+def test_config_validation_names_the_field(field, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        SandboxConfig(**{field: value})
+
+
+def _resp(**kw):
+    base = {"stdout": "", "stderr": "", "exit_code": 0, "signal": None, "killed_for": None}
+    base.update(kw)
+    for k in ("stdout", "stderr"):
+        base[k] = base64.b64encode(base[k].encode()).decode()
+    return base
+
+
+@pytest.mark.parametrize(
+    "resp,status",
+    [
+        (_resp(stdout="1\n"), "ok"),
+        (_resp(exit_code=1, stderr="Traceback\nZeroDivisionError: x\n"), "error"),
+        (_resp(exit_code=1, stderr="Traceback\nMemoryError\n"), "memory"),
+        (_resp(exit_code=None, signal=9, killed_for="timeout"), "timeout"),
+        (_resp(exit_code=None, signal=9, killed_for="output_limit"), "output_limit"),
+        (_resp(exit_code=None, signal=9, oom_kill=True), "memory"),
+        (_resp(exit_code=None, signal=11), "crashed"),
+        (_resp(killed_for="gone", exit_code=None), "crashed"),
+    ],
+)
+def test_status_mapping(resp, status):
+    r = sb._to_result(resp)
+    assert r.status == status
+    assert r.truncated == (status == "output_limit")
+    assert (r.error is None) == (status == "ok")
+
+
+def test_setup_error_raises():
+    with pytest.raises(sb.SandboxError, match="layer"):
+        sb._to_result(_resp(setup_error="seccomp: OSError"))
+
+
+def test_invalid_utf8_is_replaced():
+    resp = _resp()
+    resp["stdout"] = base64.b64encode(b"ok \xff\xfe").decode()
+    assert sb._to_result(resp).stdout == "ok \ufffd\ufffd"
+
+
+def test_observation_formatting():
+    cfg = PythonToolConfig(traceback_lines=1, timeout_s=3)
+    err = SandboxResult("error", stdout="partial", stderr="Traceback:\n  line\nValueError: bad\n")
+    assert format_observation(err, cfg) == "partial\nValueError: bad"
+    cfg2 = PythonToolConfig(traceback_lines=2)
+    assert format_observation(err, cfg2) == "partial\n  line\nValueError: bad"
+    assert format_observation(SandboxResult("ok", stdout="42\n", stderr="warn"), cfg) == "42\n"
+    t = format_observation(SandboxResult("timeout", stdout="a\n"), cfg)
+    assert t == "a\nTimeoutError: execution exceeded the 3 s time limit"
+    m = format_observation(SandboxResult("memory", stderr="", error="cgroup OOM"), cfg)
+    assert "MemoryError" in m
+    reset = SandboxResult("timeout", session_reset=True)
+    assert "session was restarted" in format_observation(reset, cfg)
+
+
+def test_bad_args_are_data():
+    for args in ({}, {"code": ""}, {"code": 3}, None, {"query": "x"}):
+        r = _bad_args(args)
+        assert r is not None and not r.ok and r.status == "bad_args"
+    assert _bad_args({"code": "print(1)"}) is None
+
+
+def test_capabilities_missing_and_summary():
+    layers = {k: Layer(True, "fine") for k in sb.REQUIRED_UNTRUSTED}
+    layers["uid_drop"] = Layer(False, "runs as uid 1000", "run as root")
+    caps = Capabilities(layers, info={})
+    assert caps.missing == ["uid_drop"]
+    assert "uid_drop" in caps.summary() and "NO" in caps.summary()
+
+
+def test_bind_paths_are_deduplicated_and_exclude_the_project():
+    import sys
+
+    binds = sb._bind_paths(sys.executable)
+    assert "/usr" in binds
+    for a in binds:
+        for b in binds:
+            assert a == b or not b.startswith(a.rstrip("/") + "/"), (a, b)
+    project = os.path.dirname(os.path.dirname(os.path.abspath(sb.__file__)))
+    assert project not in binds and not any(project.startswith(b + "/") for b in binds if b != "/")
+
+
+def test_child_env_is_explicit():
+    env = sb._child_env(SandboxConfig(extra_env={"FOO": "1"}), "/x/bin/python")
+    assert env["PATH"].startswith("/x/bin:") and env["FOO"] == "1"
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and "PYTHONHASHSEED" in env
+    assert not set(env) & {"HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_covers():
+    assert sb._covers("/work", ["/work/main/.venv"])
+    assert not sb._covers("/work/main/trajlab", ["/work/main/.venv"])
