@@ -271,8 +271,8 @@ def make_train_run(
             spec = TrajSpec(
                 f"ex{(step * 3 + i // 2) % 20:04d}",
                 i % 2,
-                20 + i,
-                4 + step,
+                20 + (step * 3 + i // 2) % 20,  # the same example always asks the same question
+                4 + (step * 3 + i // 2) % 7,
                 correct=rng.random() < acc_p,
                 use_tool=rng.random() < tool_p,
                 tool_error=(step + i) % 7 == 3,

@@ -267,6 +267,7 @@
         h("span", { id: "page-info" }, page.total ? `${offset + 1}\u2013${Math.min(offset + limit, page.total)} of ${page.total.toLocaleString()}` : "no trajectories match"),
         h("button", { disabled: offset + limit >= page.total, onclick: () => go(offset + limit) }, "next \u2192"));
       if (page.export_total !== undefined) status.append(h("span", { class: "progress" }, `(exported report: ${page.index.indexed_rows} of ${page.export_total.toLocaleString()} trajectories included)`));
+      if (page.index.complete && facets.index && !facets.index.complete) { route(); return; } // refresh the filter choices
       if (!page.index.complete) {
         const pct = page.index.total_bytes ? Math.floor((100 * page.index.indexed_bytes) / page.index.total_bytes) : 0;
         status.append(h("span", { class: "progress", id: "indexing" }, `indexing ${pct}% (${page.index.indexed_rows.toLocaleString()} trajectories so far; counts cover the indexed part)`));
