@@ -9,7 +9,7 @@ import torch
 
 from trajlab.engines import ENGINES, make_engine
 from trajlab.engines.base import Engine, SamplingParams
-from trajlab.engines.hf import HFEngine, _pick, filter_logits
+from trajlab.engines.hf import HFEngine, _pick, candidates
 from trajlab.models import token_logprobs
 
 TEXTS = [
@@ -193,18 +193,49 @@ def test_make_engine(tiny_model_dir):
 # -- pure sampling helpers ----------------------------------------------------------------
 
 
-def test_filter_logits_hand_values():
-    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+def test_candidates_hand_values():
     inf = float("-inf")
-    assert filter_logits(logits, top_k=2).tolist() == [[3.0, 2.0, inf, inf]]
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    values, ids = candidates(logits)
+    assert ids is None and torch.equal(values, logits)
+    values, ids = candidates(logits, top_k=2)
+    assert values.tolist() == [[3.0, 2.0]] and ids.tolist() == [[0, 1]]
+
     probs = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]]))
-    # Sorted: 0.5, 0.3, 0.15, 0.05. Mass ahead: 0, 0.5, 0.8, 0.95.
-    keep = lambda p: torch.isfinite(filter_logits(probs, top_p=p))[0].tolist()  # noqa: E731
-    assert keep(0.5) == [False, True, False, False]
-    assert keep(0.79) == [False, True, False, True]
-    assert keep(0.81) == [True, True, False, True]
-    assert keep(1e-9) == [False, True, False, False]  # at least one token always survives
-    assert keep(1.0) == [True, True, True, True]
+
+    # Sorted: 0.5, 0.3, 0.15, 0.05 (ids 1, 3, 0, 2). Mass ahead of each: 0, 0.5, 0.8, 0.95.
+    def kept(**kw):
+        values, ids = candidates(probs, **kw)
+        return sorted(ids[torch.isfinite(values)].tolist())
+
+    assert kept(top_p=0.45) == [1]
+    assert kept(top_p=0.79) == [1, 3]
+    assert kept(top_p=0.81) == [0, 1, 3]
+    assert kept(top_p=1e-9) == [1]  # at least one token always survives
+    # After top-k=2 the nucleus uses renormalised probs: 0.5/0.8 = 0.625 is ahead of id 3
+    # (0.5 without top-k).
+    assert kept(top_p=0.55) == [1, 3]
+    assert kept(top_k=2, top_p=0.55) == [1]
+    assert kept(top_k=2, top_p=0.63) == [1, 3]
+    assert candidates(probs, top_k=3)[0].shape == (1, 3)
+    assert inf not in candidates(probs, top_k=2)[0].tolist()[0]
+
+
+# Over 3000 tokens the top-p=0.9 nucleus lies within the top 256 (scale 8), within the
+# top 2048 (scale 1.5), or needs the full sort (scale 0.5): every path of _sorted_head.
+@pytest.mark.parametrize("scale", [0.5, 1.5, 8.0])
+@pytest.mark.parametrize("top_k", [0, 300])
+def test_candidates_match_a_full_sort(scale, top_k):
+    logits = torch.randn(3, 3000, generator=torch.Generator().manual_seed(0)) * scale
+    values, ids = candidates(logits, top_k=top_k, top_p=0.9)
+    for row in range(3):
+        ranked = logits[row].sort(descending=True)
+        vals, order = ranked.values, ranked.indices
+        if top_k:
+            vals, order = vals[:top_k], order[:top_k]
+        probs = vals.softmax(-1)
+        n = int(((probs.cumsum(-1) - probs) < 0.9).sum())
+        assert sorted(ids[row][torch.isfinite(values[row])].tolist()) == sorted(order[:n].tolist())
 
 
 def test_pick_samples_the_tempered_distribution():
@@ -217,6 +248,16 @@ def test_pick_samples_the_tempered_distribution():
     freq = torch.bincount(tokens, minlength=3).float() / 4000
     torch.testing.assert_close(freq, tempered, atol=0.03, rtol=0)
     torch.testing.assert_close(logprobs, tempered.log()[tokens])
+    # top-p 0.5 leaves only the most likely token, whatever the draw.
+    tokens, logprobs = _pick(logits[:50], SamplingParams(temperature=1.0, top_p=0.5), rngs[:50])
+    assert set(tokens.tolist()) == {0}
+    # top-k 2 after tempering: p ~ [sqrt .6, sqrt .3] renormalised; token 2 never appears.
+    tokens, _ = _pick(logits, SamplingParams(temperature=2.0, top_k=2), rngs)
+    two = torch.tensor([0.6, 0.3]).sqrt()
+    freq = torch.bincount(tokens, minlength=3).float() / 4000
+    torch.testing.assert_close(
+        freq, torch.cat([two / two.sum(), torch.zeros(1)]), atol=0.03, rtol=0
+    )
     # Greedy: argmax, logprob at temperature 1.
     tokens, logprobs = _pick(logits[:1], SamplingParams(temperature=0), [None])
     assert tokens.tolist() == [0] and logprobs.item() == pytest.approx(math.log(0.6), abs=1e-6)

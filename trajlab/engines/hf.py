@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from trajlab.engines.base import Generation, SamplingParams
 
@@ -234,23 +233,62 @@ def _first_stop(text: str, stop: Sequence[str]) -> str | None:
     return best
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k and the top-p nucleus to -inf. [b, V] -> [b, V].
+def candidates(
+    logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens sampling may pick: top-k, then the top-p nucleus. [b, V] -> ([b, C], [b, C]).
 
-    top-p keeps the smallest set of most likely tokens whose probability reaches top_p
-    (always at least one token), as in Holtzman et al. 2020 (arXiv:1904.09751).
+    Returns candidate logits (-inf where dropped) and their vocabulary ids, or the
+    untouched logits and None when neither filter is active (every token, in vocabulary
+    order), so the common case skips the sort. top-p keeps the smallest set of most likely
+    tokens whose probability reaches top_p, always at least one (Holtzman et al. 2020,
+    arXiv:1904.09751); after top-k it uses the renormalised top-k probabilities, as
+    transformers does.
     """
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [b, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    ids = None
+    if 0 < top_k < logits.shape[-1]:
+        logits, ids = logits.topk(top_k, dim=-1)  # [b, k], sorted descending
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [b, V]
-        probs = sorted_logits.softmax(-1)
-        before = probs.cumsum(-1) - probs  # mass strictly ahead of each token
-        drop_sorted = before >= top_p  # the first token always has before = 0 and stays
-        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+        log_total = logits.logsumexp(-1, keepdim=True)  # [b, 1] normaliser of the current set
+        if ids is None:
+            logits, ids = _sorted_head(logits, log_total, top_p)  # [b, C], sorted descending
+        probs = (logits - log_total).exp()
+        before = probs.cumsum(-1) - probs  # mass strictly ahead of each token; 0 for the first
+        logits = logits.masked_fill(before >= top_p, float("-inf"))
+    return logits, ids
+
+
+def _sorted_head(
+    logits: torch.Tensor,
+    log_total: torch.Tensor,
+    top_p: float,
+    heads: tuple[int, ...] = (256, 2048),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most likely tokens, sorted, enough of them to contain every row's top-p nucleus.
+
+    Sorting a 50k vocabulary every step is slow on a CPU; LM distributions are peaked, so
+    the top few hundred tokens usually already hold top_p of the mass, and then the
+    nucleus is among them. Try growing heads, then fall back to a full sort. Exact always.
+    """
+    for head in heads:
+        if head >= logits.shape[-1]:
+            break
+        values, ids = logits.topk(head, dim=-1)  # [b, head], sorted descending
+        if bool(((values - log_total).exp().sum(-1) >= top_p).all()):
+            return values, ids
+    return logits.sort(dim=-1, descending=True)
+
+
+def _sample_rows(probs: torch.Tensor, rngs: list[torch.Generator | None]) -> torch.Tensor:
+    """Inverse-CDF sampling, one uniform draw per row from that row's generator. [b, C] -> [b].
+
+    One scalar per sequence keeps samples independent of batch composition and costs far
+    less than a per-row torch.multinomial call over the whole vocabulary.
+    """
+    cdf = probs.double().cumsum(-1)  # [b, C]
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in rngs])  # [b]
+    x = u.to(cdf.device)[:, None] * cdf[:, -1:]  # [b, 1], strictly below the total mass
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _pick(
@@ -266,9 +304,8 @@ def _pick(
     if params.greedy:
         tokens = scaled.argmax(-1)  # [b]
     else:
-        probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)  # [b, V]
-        tokens = torch.cat(
-            [torch.multinomial(probs[j].cpu(), 1, generator=g) for j, g in enumerate(rngs)]
-        ).to(logits.device)  # [b]; one generator per sequence keeps samples batch-independent
-    logprobs = F.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)  # [b]
+        cand_logits, cand_ids = candidates(scaled, params.top_k, params.top_p)  # [b, C]
+        picked = _sample_rows(cand_logits.softmax(-1), rngs)  # [b], index into C
+        tokens = picked if cand_ids is None else cand_ids.gather(-1, picked[:, None]).squeeze(-1)
+    logprobs = scaled.gather(-1, tokens[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # [b]
     return tokens, logprobs
