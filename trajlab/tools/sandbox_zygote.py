@@ -879,6 +879,12 @@ class Zygote:
                 self.root_error = f"{type(e).__name__}: {e}"
                 self.layers["minimal_root"] = False
         info["minimal_root"] = self.root_error or "ok"
+        # Move every object created so far out of the collector's reach: a collection in a
+        # forked sandbox would otherwise touch (and copy-on-write) every preloaded page.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         info["vm_size_kb"] = _vm_size_kb()
         return info
 
