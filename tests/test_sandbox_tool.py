@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -175,3 +176,45 @@ def test_non_root_reduced_but_honest():
     assert out["print"] == "1\n" and out["loop"] == "timeout"
     if out["holds"]["network_blocked"]:
         assert out["net"].strip() in ("OSError", "PermissionError", "ConnectionRefusedError")
+
+
+def test_unreadable_interpreter_is_detected_and_minimal_root_works_around_it():
+    """Pitfall 8: a venv under a mode-0700 directory cannot be used by the sandbox uid.
+    (Under the home directory, not /tmp: the sandbox's private /tmp would shadow it.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: only a dropped uid is blocked by a 0700 parent")
+    private = Path(tempfile.mkdtemp(prefix=".trajlab-sandbox-test-", dir=os.path.expanduser("~")))
+    try:
+        os.chmod(private, 0o700)
+        venv = private / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+        seen = {}
+        for minimal in (False, True):
+            cfg = SandboxConfig(
+                slots=1, python=str(venv / "bin" / "python"), preload=(), allow_insecure=True,
+                minimal_root=minimal,
+            )  # fmt: skip
+            with SandboxPool(cfg) as pool:
+                layer = pool.capabilities().layers["interpreter_usable"]
+                seen[minimal] = layer.ok
+                if not layer.ok:
+                    assert "venv" in layer.fix and "o+rx" in layer.fix
+    finally:
+        shutil.rmtree(private)
+    if not seen[True] and not pytest_caps_minimal_root():
+        pytest.skip("minimal_root does not hold here, so the workaround cannot apply")
+    assert seen == {False: False, True: True}
+
+
+def pytest_caps_minimal_root() -> bool:
+    from trajlab.tools.sandbox import capabilities
+
+    return capabilities(SandboxConfig(preload=())).holds("minimal_root")
+
+
+def test_module_capabilities_probe():
+    from trajlab.tools.sandbox import capabilities
+
+    caps = capabilities(SandboxConfig(preload=()))
+    assert caps.holds("process_per_run") and "uid_drop" in caps.layers
+    assert "landlock" in caps.summary()

@@ -1044,7 +1044,9 @@ def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
         f"{p.get('executable')}: {p.get('interpreter_exec')}",
         f"the sandbox uid cannot execute {pool.python} or read its prefix: create the venv "
         "from a system-wide interpreter (/usr/bin/python3 -m venv /opt/trajlab-venv) or "
-        "make each parent directory o+rx (a mode-0700 home such as /root blocks it)",
+        "make each parent directory o+rx (a mode-0700 home such as /root blocks it; the "
+        "minimal root works around that, but not for an interpreter under /tmp, /var/tmp or "
+        "/dev/shm, which the sandbox's private scratch mounts hide)",
     )
     writable = p.get("writable_sys_path", [])
     L["site_packages_readonly"] = Layer(
