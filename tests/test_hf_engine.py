@@ -177,9 +177,17 @@ def test_text_is_the_decoding(engine, prompts, tiny_tokenizer):
         assert gen.text == tiny_tokenizer.decode(gen.token_ids)
 
 
-def test_empty_prompt_is_rejected(engine):
-    with pytest.raises(ValueError, match="prompt 1 is empty"):
+def test_prompt_lengths_are_checked(engine):
+    with pytest.raises(ValueError, match="prompt 1 has 0 tokens"):
         engine.generate([[5, 6], []], GREEDY)
+    with pytest.raises(ValueError, match="prompt 0 has 2048 tokens.*context is 2048"):
+        engine.generate([[5] * 2048], GREEDY)
+
+
+def test_generation_stops_at_the_context_length(tiny_model, tiny_tokenizer):
+    engine = HFEngine(tiny_model, tiny_tokenizer, eos_token_ids=[])
+    gen = engine.generate([[5] * 2045], SamplingParams(temperature=0, max_new_tokens=10))[0]
+    assert gen.finish_reason == "length" and len(gen.token_ids) == 3
 
 
 def test_make_engine(tiny_model_dir):

@@ -48,6 +48,7 @@ class _Sequence:
 
     index: int  # position in the caller's prompt list
     rng: torch.Generator | None
+    budget: int  # max new tokens for this sequence
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
@@ -100,12 +101,21 @@ class HFEngine:
         params: SamplingParams,
         stop: Sequence[str] = (),
     ) -> list[Generation]:
+        context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 62
         for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+            if not 0 < len(p) < context:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; prompts need 1 to {context - 1} tokens "
+                    f"(the model's context is {context}). Truncate it or stop the trajectory."
+                )
         base_seed = params.seed if params.seed is not None else secrets.randbits(63)
         seqs = [
-            _Sequence(i, None if params.greedy else _rng(base_seed, i)) for i in range(len(prompts))
+            _Sequence(
+                index=i,
+                rng=None if params.greedy else _rng(base_seed, i),
+                budget=min(params.max_new_tokens, context - len(p)),  # never run past the context
+            )
+            for i, p in enumerate(prompts)
         ]
         # Batch prompts of similar length together so little compute goes to padding.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -141,11 +151,8 @@ class HFEngine:
         live = list(seqs)
         while True:
             tokens, logprobs = _pick(logits, params, [q.rng for q in live])  # [b], [b]
-            keep = [
-                j
-                for j, q in enumerate(live)
-                if not self._append(q, tokens[j], logprobs[j], params, stop)
-            ]
+            picked = zip(live, tokens.tolist(), logprobs.tolist())
+            keep = [j for j, (q, t, lp) in enumerate(picked) if not self._append(q, t, lp, stop)]
             if not keep:
                 return
             if len(keep) < len(live):  # drop finished rows everywhere, including the KV cache
@@ -173,18 +180,15 @@ class HFEngine:
             mask[b, L - len(p) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _append(
-        self, q: _Sequence, token: torch.Tensor, logprob: torch.Tensor, params, stop
-    ) -> bool:
+    def _append(self, q: _Sequence, token: int, logprob: float, stop: list[str]) -> bool:
         """Record one sampled token; return True if the sequence is now finished."""
-        tok = int(token)
-        q.token_ids.append(tok)
-        q.logprobs.append(float(logprob))
-        if tok in self.eos_token_ids:
+        q.token_ids.append(token)
+        q.logprobs.append(logprob)
+        if token in self.eos_token_ids:
             q.finish_reason = "eos"
         elif stop and (hit := _first_stop(self._decode(q.token_ids), stop)) is not None:
             q.finish_reason, q.stop_string = "stop", hit
-        elif len(q.token_ids) >= params.max_new_tokens:
+        elif len(q.token_ids) >= q.budget:
             q.finish_reason = "length"
         return q.finish_reason is not None
 
