@@ -158,3 +158,22 @@ def test_child_env_is_explicit():
 def test_covers():
     assert sb._covers("/work", ["/work/main/.venv"])
     assert not sb._covers("/work/main/trajlab", ["/work/main/.venv"])
+
+
+@pytest.mark.sandbox
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not __import__("shutil").which("setpriv"), reason="needs root and setpriv"
+)
+def test_kill_uid_sweep_is_the_degraded_mode_fallback():
+    import subprocess
+
+    uid = 2_100_099_999  # outside every block a pool hands out by default
+    p = subprocess.Popen(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "30"]
+    )
+    try:
+        time.sleep(0.3)
+        assert zy.kill_uid(uid) == 1
+        assert p.wait(timeout=5) == -9
+    finally:
+        p.kill()

@@ -236,6 +236,33 @@ def cgroup_kill_all(unit: dict | None, deadline_s: float = 2.0, exclude: int = -
     return killed
 
 
+def kill_uid(uid: int, rounds: int = 20) -> int:
+    """SIGKILL every process whose real uid is `uid` (the slot's own uid, used by nothing
+    else); the fallback sweep when neither a pid namespace nor a cgroup holds."""
+    killed = 0
+    for _ in range(rounds):
+        found = 0
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                st = _read(f"/proc/{d}/status")
+            except OSError:
+                continue
+            fields = dict(ln.split(":", 1) for ln in st.splitlines() if ":" in ln)
+            if fields.get("State", "").split()[:1] == ["Z"]:
+                continue  # already dead, waiting for its parent
+            if fields.get("Uid", "").split()[:1] == [str(uid)]:
+                found += 1
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(d), signal.SIGKILL)
+        killed += found
+        if not found:
+            break
+        time.sleep(0.005)
+    return killed
+
+
 def cgroup_create(kind: str, parents: dict[str, str], name: str, limits: dict) -> dict:
     """mkdir one cgroup per controller under `parents`, write the limits, return the unit."""
     dirs = {}
@@ -1071,6 +1098,8 @@ class Zygote:
         code, sig = self.reap(job)
         if self.unit:  # anything that escaped the namespace teardown
             cgroup_kill_all(self.unit, exclude=self.pid)
+        elif not self.layers["namespaces"] and self.layers["uid_drop"] and self.uid is not None:
+            kill_uid(self.uid)  # degraded mode: no pid namespace, no cgroup
         if os.path.lexists(job.fallback_cwd):  # degraded mode only (no mount namespace)
             import shutil
 
