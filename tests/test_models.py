@@ -238,6 +238,18 @@ def test_interrupted_conversion_leaves_no_cache_entry(fake_gguf):
     assert (convert_gguf(fake_gguf.path, log=lambda m: None) / "config.json").is_file()
 
 
+def test_damaged_entry_is_rebuilt_and_force_reconverts(fake_gguf):
+    target = models.gguf_cache_path(fake_gguf.path)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{")  # half an entry, no marker
+    assert convert_gguf(fake_gguf.path, log=lambda m: None) == target
+    assert (target / "trajlab_source.json").is_file() and fake_gguf.calls["model"] == 1
+    convert_gguf(fake_gguf.path, log=lambda m: None)
+    assert fake_gguf.calls["model"] == 1
+    convert_gguf(fake_gguf.path, force=True, log=lambda m: None)
+    assert fake_gguf.calls["model"] == 2 and load_model(fake_gguf.path) is not None
+
+
 def test_changed_gguf_gets_a_new_cache_entry(fake_gguf):
     first = convert_gguf(fake_gguf.path, log=lambda m: None)
     fake_gguf.path.write_bytes(os.urandom(4096))

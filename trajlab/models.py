@@ -167,12 +167,11 @@ def convert_gguf(gguf: str | Path, force: bool = False, log: Log = _stderr) -> P
         tokenizer.save_pretrained(tmp)
         marker = {"gguf": str(gguf), "key": _gguf_key(gguf), "converted_at": time.time()}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        if force and target.exists():
-            shutil.rmtree(target)
+        if target.exists() and (force or not _is_complete(target)):
+            shutil.rmtree(target)  # replaced on --force, or damaged by hand
         try:
-            os.rename(
-                tmp, target
-            )  # atomic on one filesystem: the entry appears whole or not at all
+            # Atomic on one filesystem: the entry appears whole or not at all.
+            os.rename(tmp, target)
         except OSError:
             if not _is_complete(target):  # not a lost race with a concurrent conversion
                 raise
