@@ -218,3 +218,25 @@ def test_module_capabilities_probe():
     caps = capabilities(SandboxConfig(preload=()))
     assert caps.holds("process_per_run") and "uid_drop" in caps.layers
     assert "landlock" in caps.summary()
+
+
+def test_stdin_for_graders(tool):
+    pool = tool.pool
+    r = pool.run(
+        "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))", stdin="1 2 3\n"
+    )
+    assert r.stdout == "6\n"
+    assert "EOFError" in pool.run("print(input())").stderr  # default stdin is /dev/null
+    r = pool.run("import sys\nprint(len(sys.stdin.buffer.read()))", stdin=b"x" * (1 << 20))
+    assert r.stdout == f"{1 << 20}\n"
+    with pytest.raises(ValueError, match="max_stdin_bytes"):
+        pool.run("pass", stdin=b"x" * (pool.config.max_stdin_bytes + 1))
+
+
+def test_zygote_recycling():
+    with SandboxPool(
+        SandboxConfig(slots=1, preload=(), recycle_after_runs=2, allow_insecure=True)
+    ) as pool:
+        first = pool.zygote_pids()
+        outs = [pool.run(f"print({i})").stdout for i in range(3)]
+        assert outs == ["0\n", "1\n", "2\n"] and pool.zygote_pids() != first

@@ -99,6 +99,8 @@ class SandboxConfig:
     output_limit (at most 1 MiB)."""
     max_code_bytes: int = 256 * 1024
     """Code larger than this is rejected without running (status error)."""
+    max_stdin_bytes: int = 8 * MiB
+    """Largest stdin a caller (a grader feeding test input) may pass to `run`."""
     cwd_bytes: int = 64 * MiB
     """tmpfs size of the working directory (HOME)."""
     tmp_bytes: int = 64 * MiB
@@ -388,6 +390,7 @@ class _Slot:
         self.runs = 0
         self.sessions: set[str] = set()
         self.info: dict = {}
+        self.rss0_kb = -1
 
 
 _LIVE_POOLS: weakref.WeakSet[SandboxPool] = weakref.WeakSet()
@@ -457,16 +460,26 @@ class SandboxPool:
     def zygote_pids(self) -> list[int]:
         return [s.proc.pid for s in self._slots if s.proc is not None]
 
-    def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:
-        """Execute `code` in a fresh sandbox; blocks while every slot is busy."""
+    def run(
+        self, code: str, timeout_s: float | None = None, stdin: bytes | str | None = None
+    ) -> SandboxResult:
+        """Execute `code` in a fresh sandbox; blocks while every slot is busy. `stdin`
+        (for graders: feed test input, compare stdout outside) replaces /dev/null."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        if stdin is not None and len(stdin) > self.config.max_stdin_bytes:
+            raise ValueError(
+                f"stdin is {len(stdin)} bytes; SandboxConfig.max_stdin_bytes is "
+                f"{self.config.max_stdin_bytes}"
+            )
         rejected = self._reject(code)
         if rejected:
             return rejected
         slot = self._acquire()
         try:
-            return self._request_run(slot, code, timeout_s or self.config.timeout_s)
+            return self._request_run(slot, code, timeout_s or self.config.timeout_s, stdin)
         finally:
             self._release(slot)
 
@@ -639,6 +652,7 @@ class SandboxPool:
                 "to a file to see its error"
             )
         s.info = ready["info"]
+        s.rss0_kb = _rss_kb(s.proc.pid)
         if s.info.get("preload_errors"):
             log.warning("sandbox preload failed: %s", s.info["preload_errors"])
 
@@ -786,12 +800,17 @@ class SandboxPool:
         except Exception as e:  # the next call will raise again with its own message
             log.error("restarting sandbox zygote %d failed: %r", s.index, e)
 
-    def _request_run(self, s: _Slot, code: str, timeout_s: float) -> SandboxResult:
-        if s.runs >= self.config.recycle_after_runs and not s.sessions:
+    def _request_run(
+        self, s: _Slot, code: str, timeout_s: float, stdin: bytes | None = None
+    ) -> SandboxResult:
+        if not s.sessions and (
+            s.runs >= self.config.recycle_after_runs or (s.runs % 200 == 199 and self._bloated(s))
+        ):
             self._restart(s)
         req = {
             "op": "run",
             "kind": "run",
+            "stdin": base64.b64encode(stdin).decode() if stdin else None,
             "code": code,
             "timeout_s": timeout_s,
             "output_cap": self.config.output_cap_bytes,
@@ -800,6 +819,22 @@ class SandboxPool:
         resp = self._call(s, req, timeout_s + 15.0)
         s.runs += 1
         return _to_result(resp)
+
+    def _bloated(self, s: _Slot) -> bool:
+        """True when the zygote's RSS doubled (plus 64 MiB) since it started."""
+        rss = _rss_kb(s.proc.pid) if s.proc else -1
+        return s.rss0_kb > 0 and rss > 2 * s.rss0_kb + 65536
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
 
 
 class SandboxSession:
