@@ -1,0 +1,49 @@
+"""Helpers shared by the trainer tests (importable as `train_helpers`: pytest puts tests/ on
+sys.path; subprocesses get PYTHONPATH=tests). Not a test module itself.
+
+EchoPythonTool: a scripted python tool (no sandbox) that "runs" any code by returning a fixed
+observation. tool_format_reward: the learning test's toy reward for emitting the tags
+protocol's call <python>...</python>.
+"""
+
+from __future__ import annotations
+
+from trajlab.tools.base import ToolResult
+from trajlab.types import Example, Trajectory
+
+OPEN, CLOSE = "<python>", "</python>"
+
+
+class EchoPythonTool:
+    """Answers every python call with 'ok'; records the code it was given."""
+
+    name = "python"
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def run(self, args):
+        self.ran.append(args["code"])
+        return ToolResult(output="42")
+
+    def close(self) -> None:
+        pass
+
+
+def _longest_prefix_present(text: str, target: str) -> int:
+    k = 0
+    while k < len(target) and target[: k + 1] in text:
+        k += 1
+    return k
+
+
+def tool_format_reward(example: Example, trajectory: Trajectory) -> float:
+    """Shaped reward for calling the tool: 0.25 * (how much of '<python>' appears)
+    + 0.25 * (how much of '</python>' appears after it) + 0.5 if a call actually ran.
+    A model that never runs the tool stays at or below 0.5."""
+    text = trajectory.model_text
+    opened = _longest_prefix_present(text, OPEN)
+    after = text[text.find(OPEN) + len(OPEN) :] if OPEN in text else ""
+    closed = _longest_prefix_present(after, CLOSE) if after else 0
+    ran = any(c.ok and c.status == "ok" for c in trajectory.tool_calls)
+    return 0.25 * opened / len(OPEN) + 0.25 * closed / len(CLOSE) + 0.5 * float(ran)

@@ -1,0 +1,203 @@
+"""Per-step training metrics: what goes into metrics.jsonl, the progress line and the plots.
+
+    row = rollout_metrics(trajectories, correct, group_keys)     # reward, accuracy, tools, lengths
+    print(progress_line(row, step, total_steps))
+    write_plots(run_dir / "metrics.png", rows)
+
+Key names follow docs/run_directory.md: reward components as `reward/<name>/mean|std`,
+flat names elsewhere (`accuracy`, `tool_call_rate`, `response_length/mean`, `entropy`,
+`kl`, `clip_fraction`, `grad_norm`, `filtered/<reason>`, `time/<phase>`, `tokens_per_s`),
+stop reasons as `stop_reason/<reason>` fractions (read by trajlab.viewer.alarms).
+
+What this module does not do: compute losses or decide anything; it only summarises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trajlab.types import STOP_REASONS, Trajectory
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def rollout_metrics(
+    trajs: Sequence[Trajectory], correct: Sequence[bool], group_keys: Sequence[str]
+) -> dict[str, float]:
+    """Reward, accuracy, group pass rates, tools, lengths and stop reasons of a step's rollouts."""
+    out: dict[str, float] = {"num_trajectories": float(len(trajs))}
+    if not trajs:
+        return out
+    totals = [t.reward.total for t in trajs if t.reward is not None]
+    out["reward/total/mean"], out["reward/total/std"] = _mean(totals), _std(totals)
+    components: dict[str, list[float]] = defaultdict(list)
+    for t in trajs:
+        if t.reward is not None:
+            for k, v in t.reward.components.items():
+                components[k].append(v)
+    for k, vs in sorted(components.items()):
+        out[f"reward/{k}/mean"], out[f"reward/{k}/std"] = _mean(vs), _std(vs)
+    out["accuracy"] = _mean([float(c) for c in correct])
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for key, c in zip(group_keys, correct):
+        by_group[key].append(bool(c))
+    rates = [sum(v) / len(v) for v in by_group.values()]
+    out["pass_rate/mean"] = _mean(rates)
+    out["pass_rate/all_correct"] = _mean([float(r == 1.0) for r in rates])
+    out["pass_rate/all_wrong"] = _mean([float(r == 0.0) for r in rates])
+    calls = [c for t in trajs for c in t.tool_calls]
+    out["tool_call_rate"] = _mean([float(bool(t.tool_calls)) for t in trajs])
+    out["tool_calls_per_trajectory"] = len(calls) / len(trajs)
+    out["tool_error_rate"] = _mean([float(not c.ok) for c in calls]) if calls else 0.0
+    resp = [float(len(t.response_token_ids)) for t in trajs]
+    model_tokens = [float(t.num_model_tokens) for t in trajs]
+    out["response_length/mean"], out["response_length/max"] = _mean(resp), max(resp)
+    out["model_tokens/mean"] = _mean(model_tokens)
+    out["turns/mean"] = _mean([float(t.metadata.get("turns", 0)) for t in trajs])
+    out["void_turn_rate"] = _mean([float(t.metadata.get("void_turns", 0) > 0) for t in trajs])
+    stops = Counter(t.stop_reason or "unknown" for t in trajs)
+    for reason in (*STOP_REASONS, "unknown"):
+        if stops.get(reason) or reason in STOP_REASONS:
+            out[f"stop_reason/{reason}"] = stops.get(reason, 0) / len(trajs)
+    return out
+
+
+def weighted_stats(parts: Sequence[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Average per-micro-batch stats dicts, weighted (e.g. by trained tokens)."""
+    total = sum(w for w, _ in parts)
+    if total <= 0:
+        return {}
+    keys = {k for _, d in parts for k in d}
+    out = {}
+    for k in keys:
+        if k.endswith("_max"):
+            out[k] = max(d[k] for _, d in parts if k in d)
+        elif k.endswith("_min"):
+            out[k] = min(d[k] for _, d in parts if k in d)
+        else:
+            out[k] = sum(w * d.get(k, 0.0) for w, d in parts) / total
+    return out
+
+
+def progress_line(row: dict[str, Any], step: int, steps: int) -> str:
+    """One human line per step, from a metrics row."""
+
+    def g(key: str, fmt: str = ".3f") -> str:
+        v = row.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    parts = [
+        f"step {step}/{steps}",
+        f"reward {g('reward/total/mean')}±{g('reward/total/std', '.2f')}",
+        f"acc {g('accuracy', '.2f')}",
+        f"tools {g('tool_call_rate', '.2f')}",
+        f"len {g('response_length/mean', '.0f')}",
+        f"loss {g('loss', '.4f')}",
+        f"gnorm {g('grad_norm', '.3f')}",
+    ]
+    if "kl" in row:
+        parts.append(f"kl {g('kl', '.4f')}")
+    if "entropy" in row:
+        parts.append(f"ent {g('entropy', '.2f')}")
+    filtered = sum(v for k, v in row.items() if k.startswith("filtered/") and isinstance(v, float))
+    if filtered:
+        parts.append(f"filtered {filtered:.2f}")
+    if row.get("dynamic_sampling/shortfall"):
+        parts.append(f"short {int(row['dynamic_sampling/shortfall'])} groups")
+    if "eval/accuracy" in row:
+        parts.append(
+            f"EVAL acc {g('eval/accuracy', '.3f')} tools {g('eval/tool_call_rate', '.2f')}"
+        )
+    phases = " ".join(
+        f"{k[5:]} {row[k]:.1f}" for k in ("time/rollout", "time/update", "time/eval") if k in row
+    )
+    parts.append(f"{g('time/step', '.1f')}s ({phases})")
+    parts.append(f"{g('tokens_per_s', '.0f')} tok/s")
+    return " | ".join(parts)
+
+
+PLOT_KEYS = (
+    ("reward/total/mean", "reward"),
+    ("accuracy", "train accuracy"),
+    ("eval/accuracy", "held-out accuracy"),
+    ("tool_call_rate", "tool-call rate"),
+    ("response_length/mean", "response tokens"),
+    ("entropy", "entropy"),
+    ("kl", "KL to reference"),
+    ("clip_fraction", "clip fraction"),
+    ("grad_norm", "grad norm"),
+    ("loss", "loss"),
+)
+
+
+def write_plots(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
+    """A grid of the headline curves over steps; keys a run never logged are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = []
+    for key, title in PLOT_KEYS:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            series.append((title, pts))
+    if not series:
+        return None
+    cols = 3
+    nrows = (len(series) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
+    for ax, (title, pts) in zip(axes.flat, series):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+class TensorBoardLogger:
+    """Scalars of each metrics row to RUN_DIR/tb (optional: needs the tensorboard package)."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                f"log.tensorboard=true needs the tensorboard package ({e}). "
+                "Fix: pip install tensorboard, or set log.tensorboard=false"
+            ) from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        for k, v in row.items():
+            if (
+                k not in ("step", "time")
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,1104 @@
+"""The RL trainer: one loop, read top to bottom.
+
+    trajlab train configs/grpo.yaml optim.lr=1e-6 steps=50 out=runs/grpo
+    python -c "from trajlab.train.rl import train; from trajlab.train.config import load_train_config; train(load_train_config('configs/quickstart.yaml'))"
+
+Each step of `train()`:
+
+  1. rollout   draw prompts_per_step prompts from the data cursor and sample group_size
+               trajectories each with the agent loop (tools run; their tokens get loss mask 0).
+               The engine is seeded by (seed, step, round), so a step's rollouts are a
+               function of the seed, the step and the weights: resumed runs replay exactly.
+  2. reward    reward functions (weighted sum) -> ThinkPrune hard length limit -> soft length
+               penalty -> DAPO overlong penalty; components are kept for the logs.
+  3. filter    group filters (zero variance, pass-rate band, too few untruncated samples) pick
+               which prompt groups are trained on; while too few survive, another round of
+               prompts is rolled out (DAPO dynamic sampling), up to filters.max_rounds; when the
+               budget is spent we train on what we have and log the shortfall.
+  4. logprobs  the trainer recomputes logprobs on the stored token ids (never re-tokenised)
+               with trajlab.models.token_logprobs: the "old" policy of the PPO ratio, the frozen
+               reference (only when KL is on) and per-token entropy; KL may be folded into the
+               reward here.
+  5. advantage per-trajectory advantages over whole groups, then trajectory filters (void turns,
+               truncation) zero the loss of single trajectories; they still counted in their
+               group's statistics (SimpleTIR).
+  6. loss      for `epochs` x `mini_batches` optimizer steps: PPO-clip policy loss (token or
+               sequence ratio, clip-higher, dual-clip), truncated importance weights against the
+               engine's sampling logprobs, KL and entropy terms; gradients accumulate over
+               micro-batches, are clipped, AdamW steps, the schedule advances.
+  7. log       metrics.jsonl row, progress line, TensorBoard, alarms, trajectories with their
+               per-token overlays (docs/run_directory.md); periodic held-out evaluation.
+  8. checkpoint atomically (checkpoint.py); an existing run directory is resumed from its
+               newest checkpoint, and the files written after it are cut back first.
+
+Departures (each also in docs/training.md):
+  * DAPO stops gathering at exactly the target number of groups; we train on every valid group
+    of the last round (the batch may be slightly larger than prompts_per_step).
+  * With a single update per batch (epochs = mini_batches = 1) the "old" logprobs are the
+    current ones, detached in the loss pass (ratio 1, as in verl), which saves a forward pass.
+  * The rollout engine shares the policy's module, so it always samples from the current
+    weights; with bf16 autocast only the trainer's forward passes are autocast.
+
+What this loop does not do: distributed training, a critic (GAE/PPO with value model), or
+token-level (process) rewards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajlab.agent.loop import AgentLoop
+from trajlab.algos.advantages import get_advantage_fn, group_ids_from_keys
+from trajlab.algos.filters import (
+    FilterResult,
+    combine,
+    dynamic_sampling_filter,
+    overlong_filter,
+    overlong_penalty,
+    pass_rate_filter,
+    void_turn_filter,
+)
+from trajlab.algos.length import length_limited_reward, soft_length_penalty, thinkprune_limit
+from trajlab.algos.losses import PolicyLossConfig, fold_kl_into_rewards, kl_penalty, policy_loss
+from trajlab.config import ConfigError, to_dict
+from trajlab.engines.base import Engine, SamplingParams
+from trajlab.models import token_entropy, token_logprobs
+from trajlab.rewards import combine as combine_rewards
+from trajlab.rewards import compute_reward
+from trajlab.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+)
+from trajlab.train.config import TrainConfig
+from trajlab.train.metrics import (
+    TensorBoardLogger,
+    progress_line,
+    rollout_metrics,
+    weighted_stats,
+    write_plots,
+)
+from trajlab.types import Example, RewardBreakdown, Trajectory, write_jsonl
+
+# Filter reasons (trajlab.algos.filters) -> the overlay's `filtered` values (docs/run_directory.md).
+OVERLAY_REASON = {
+    "void_turn": "void_turn",
+    "zero_variance": "zero_variance",
+    "too_hard": "difficulty",
+    "too_easy": "difficulty",
+    "overlong": "overlong",
+    "overlong_group": "overlong",
+}
+TRUNCATED = ("length", "context_overflow")
+# Keys that may differ between a run and its resumption (everything else must match).
+RESUMABLE_KEYS = ("out", "steps", "threads", "log", "eval")
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    examples: list[Example] | None = None,
+    eval_examples: list[Example] | None = None,
+    engine: Engine | None = None,
+    tools: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) RL training; return the last metrics row plus `run_dir`.
+
+    examples / eval_examples / engine / tools replace what the config would load (tests).
+    stop_after ends the run after that step as if it had been killed right after its
+    checkpoint (tests of exact resumption).
+    """
+    run = setup(config, examples, eval_examples, engine, tools, argv)
+    cfg = run.config
+    last: dict[str, Any] = {}
+    status = "interrupted"
+    try:
+        if run.start_step == 0 and cfg.eval.every > 0 and cfg.eval.at_start:
+            last = log_row(run, {"step": 0, **evaluate_policy(run, 0)}, step=0)
+        for step in range(run.start_step + 1, cfg.steps + 1):
+            t_step = time.perf_counter()
+            timings: dict[str, float] = defaultdict(float)
+
+            # 1-3. rollout, reward and group filters, with over-sampling rounds
+            trajs, exs, group_res, rounds = collect_batch(run, step, timings)
+            keep = (
+                group_res.keep
+                if group_res is not None
+                else torch.ones(len(trajs), dtype=torch.bool)
+            )
+            batch = [i for i in range(len(trajs)) if keep[i]]
+
+            # 4. logprobs of the trained trajectories: old policy, reference, entropy
+            t0 = time.perf_counter()
+            rows = [make_row(trajs[i]) for i in batch]
+            compute_logprobs(run, rows)
+            rewards = torch.tensor(
+                [trajs[i].reward.total for i in batch], dtype=torch.float32
+            )  # [N]
+            if run.kl_in_reward:
+                rewards = fold_kl(run, rows, rewards)
+            timings["logprobs"] += time.perf_counter() - t0
+
+            # 5. advantages over whole groups, then trajectory filters on single trajectories
+            group_keys = [trajs[i].group_id for i in batch]
+            counts = torch.tensor([float(r.loss_mask.sum()) for r in rows])  # [N]
+            adv_fn = get_advantage_fn(cfg.algo.advantage)
+            advantages = (
+                adv_fn(rewards, group_ids_from_keys(group_keys), counts, eps=cfg.algo.adv_eps)
+                if rows
+                else torch.zeros(0)
+            )  # [N]
+            traj_res = trajectory_filters(cfg, [trajs[i] for i in batch])
+            for r, kept in zip(rows, traj_res.keep.tolist()):
+                if not kept:
+                    r.loss_mask = torch.zeros_like(r.loss_mask)  # zero loss, group stats unchanged
+
+            # 6. loss and optimizer steps
+            t0 = time.perf_counter()
+            update = update_policy(run, step, rows, advantages)
+            timings["update"] += time.perf_counter() - t0
+
+            # 7. log: overlays, trajectories, metrics row, evaluation
+            t0 = time.perf_counter()
+            annotate(trajs, batch, rows, advantages, group_res, traj_res, step)
+            if cfg.log.save_trajectories:
+                write_jsonl(run.out / "trajectories" / f"{step_dir_name(step)}.jsonl", trajs)
+            timings["save"] += time.perf_counter() - t0
+            row = step_metrics(run, step, trajs, rows, batch, group_res, traj_res, rounds, update)
+            if cfg.eval.every > 0 and (
+                step % cfg.eval.every == 0 or (step == cfg.steps and cfg.eval.at_end)
+            ):
+                t0 = time.perf_counter()
+                row.update(evaluate_policy(run, step))
+                timings["eval"] += time.perf_counter() - t0
+            timings["step"] = time.perf_counter() - t_step
+            row.update({f"time/{k}": v for k, v in timings.items()})
+            row["tokens_per_s"] = row.get("generated_tokens", 0.0) / max(timings["rollout"], 1e-9)
+            last = log_row(run, row, step)
+
+            # 8. checkpoint
+            if step % cfg.log.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
+                save(run, step)
+            if stop_after is not None and step >= stop_after:
+                break
+        else:
+            status = "done"
+    finally:
+        finish(run, status)
+    return {**last, "run_dir": str(run.out)}
+
+
+# ---------------------------------------------------------------------------------------
+# 1-3. rollout, reward, group filters
+# ---------------------------------------------------------------------------------------
+
+
+def collect_batch(
+    run: Run, step: int, timings: dict[str, float]
+) -> tuple[list[Trajectory], list[Example], FilterResult | None, int]:
+    """Roll out rounds of prompts until the group filters keep prompts_per_step groups or
+    filters.max_rounds is spent. Returns every trajectory, its example, the group filter
+    result over all of them (None when no group filter is on) and the number of rounds."""
+    cfg = run.config
+    trajs: list[Trajectory] = []
+    exs: list[Example] = []
+    res: FilterResult | None = None
+    group_filtering = (
+        cfg.filters.zero_variance
+        or cfg.filters.difficulty
+        or (cfg.filters.overlong == "filter" and cfg.filters.overlong_min_group > 0)
+    )
+    rounds = cfg.filters.max_rounds if group_filtering else 1
+    for rnd in range(rounds):
+        t0 = time.perf_counter()
+        prompts = run.sampler.next(cfg.rollout.prompts_per_step)
+        jobs = [(ex, i) for ex in prompts for i in range(cfg.rollout.group_size)]
+        keys = [
+            f"s{step}-r{rnd}-p{k}-{ex.id}"
+            for k, ex in enumerate(prompts)
+            for _ in range(cfg.rollout.group_size)
+        ]
+        run.loop.sampling = rollout_sampling(cfg, step, rnd)
+        run.model.eval()
+        new = run.loop.run(jobs, group_ids=keys)
+        timings["rollout"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        score(run, step, new, [ex for ex, _ in jobs])
+        trajs += new
+        exs += [ex for ex, _ in jobs]
+        timings["reward"] += time.perf_counter() - t0
+        if not group_filtering:
+            return trajs, exs, None, 1
+        res = group_filters(cfg, trajs)
+        if len(res.kept_groups or []) >= cfg.rollout.prompts_per_step:
+            return trajs, exs, res, rnd + 1
+    return trajs, exs, res, rounds
+
+
+def rollout_sampling(cfg: TrainConfig, step: int, rnd: int) -> SamplingParams:
+    """Sampling params seeded by (seed, step, round): a step's rollouts replay exactly on resume."""
+    r = cfg.rollout
+    seed = (cfg.seed * 1_000_003 + step * 7_919 + rnd * 104_729) % (2**31 - 1)
+    return SamplingParams(
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        max_new_tokens=cfg.agent.max_new_tokens_per_turn,
+        seed=seed,
+    )
+
+
+def score(run: Run, step: int, trajs: list[Trajectory], exs: list[Example]) -> None:
+    """Set reward (with length shaping), prediction and metadata['correct'] on each trajectory."""
+    from trajlab.rewards.math import extract_answer
+
+    cfg = run.config
+    base: list[RewardBreakdown] = [
+        compute_reward(run.reward_fn, ex, t) for ex, t in zip(exs, trajs)
+    ]
+    totals = torch.tensor([b.total for b in base], dtype=torch.float64)  # [N]
+    shaped = totals.clone()  # [N]
+    extra: dict[str, torch.Tensor] = {}
+    model_tokens = torch.tensor([t.num_model_tokens for t in trajs], dtype=torch.float64)  # [N]
+    if cfg.length.limits:  # ThinkPrune (arXiv 2504.01296): over the limit scores over_limit_reward
+        limit = thinkprune_limit(step - 1, cfg.length.limits, cfg.length.starts)
+        shaped = length_limited_reward(shaped, model_tokens, limit, cfg.length.over_limit_reward)
+        extra["over_length_limit"] = (model_tokens > limit).to(torch.float64)
+    if cfg.length.soft_budget > 0:
+        extra["length_penalty"] = soft_length_penalty(
+            model_tokens, cfg.length.soft_budget, cfg.length.soft_coef, cfg.length.soft_cap
+        )
+        shaped = shaped + extra["length_penalty"]
+    if cfg.filters.overlong == "penalty":  # DAPO soft overlong punishment
+        lengths = torch.tensor([len(t.response_token_ids) for t in trajs], dtype=torch.float64)
+        extra["overlong_penalty"] = overlong_penalty(
+            lengths,
+            cfg.agent.max_new_tokens,
+            cfg.filters.overlong_buffer,
+            cfg.filters.overlong_factor,
+        )
+        shaped = shaped + extra["overlong_penalty"]
+    for k, (t, b) in enumerate(zip(trajs, base)):
+        comps = dict(b.components)
+        comps.update({name: float(v[k]) for name, v in extra.items()})
+        t.reward = RewardBreakdown(total=float(shaped[k]), components=comps)
+        if t.prediction is None:
+            t.prediction = extract_answer(t.model_text)
+        c = comps.get(cfg.reward.correct, 0.0) if cfg.reward.correct else b.total
+        t.metadata["correct"] = bool(c > 0)
+
+
+def group_filters(cfg: TrainConfig, trajs: list[Trajectory]) -> FilterResult:
+    """Which prompt groups are trained on: whole groups go, so kept groups' stats are intact."""
+    gids = group_ids_from_keys([t.group_id for t in trajs])  # [N]
+    rewards = torch.tensor([t.reward.total for t in trajs], dtype=torch.float64)  # [N]
+    results = []
+    if cfg.filters.zero_variance:
+        results.append(dynamic_sampling_filter(rewards, gids, None, cfg.filters.min_std))
+    if cfg.filters.difficulty:
+        success = torch.tensor([t.metadata["correct"] for t in trajs], dtype=torch.float64)
+        results.append(
+            pass_rate_filter(
+                success, gids, cfg.filters.pass_rate_low, cfg.filters.pass_rate_high, None
+            )
+        )
+    if cfg.filters.overlong == "filter" and cfg.filters.overlong_min_group > 0:
+        trunc = [t.stop_reason in TRUNCATED for t in trajs]
+        r = overlong_filter(trunc, gids, cfg.filters.overlong_min_group)
+        # Only the group part here; single truncated trajectories are masked after advantages.
+        results.append(FilterResult({"overlong_group": r.reasons["overlong_group"]}, len(trajs)))
+    res = combine(*results)
+    keep = res.keep
+    res.kept_groups = sorted({int(g) for g, k in zip(gids.tolist(), keep.tolist()) if k})
+    res.shortfall = max(cfg.rollout.prompts_per_step - len(res.kept_groups), 0)
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# 4. logprobs; 5. trajectory filters
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One trained trajectory as tensors, all [T] and aligned with its token ids."""
+
+    ids: torch.Tensor
+    loss_mask: torch.Tensor
+    sampling_logprobs: torch.Tensor  # engine logprobs, 0 where none
+    prompt_len: int
+    old_logprobs: torch.Tensor | None = None  # trainer logprobs before the update
+    ref_logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+
+def make_row(t: Trajectory) -> Row:
+    samp = [x if x is not None else 0.0 for x in t.sampling_logprobs()]
+    return Row(
+        ids=torch.tensor(t.token_ids, dtype=torch.long),
+        loss_mask=torch.tensor(t.loss_mask, dtype=torch.float32),
+        sampling_logprobs=torch.tensor(samp, dtype=torch.float32),
+        prompt_len=t.prompt_length,
+    )
+
+
+def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor | int]:
+    """Right-pad rows into [B, T] tensors."""
+    T = max(len(r.ids) for r in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, T, dtype=torch.long)
+    out: dict[str, Any] = {"ids": ids, "attn": attn}
+    for name in ("loss_mask", "sampling_logprobs", "old_logprobs", "ref_logprobs"):
+        if all(getattr(r, name) is not None for r in rows):
+            out[name] = torch.zeros(B, T, dtype=torch.float32)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        ids[b, :n] = r.ids
+        attn[b, :n] = 1
+        for name in ("loss_mask", "sampling_logprobs", "old_logprobs", "ref_logprobs"):
+            if name in out:
+                out[name][b, :n] = getattr(r, name)
+    out["start"] = min(r.prompt_len for r in rows)  # no logprob is needed before any prompt ends
+    return out
+
+
+def micro_batches(rows: Sequence[Row], size: int) -> Iterator[list[Row]]:
+    for idx in micro_batches_idx(rows, size):
+        yield [rows[i] for i in idx]
+
+
+def micro_batches_idx(rows: Sequence[Row], size: int) -> Iterator[list[int]]:
+    """Index chunks after a stable sort by length, so little compute goes to padding."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+    for s in range(0, len(order), size):
+        yield order[s : s + size]
+
+
+@torch.no_grad()
+def compute_logprobs(run: Run, rows: list[Row]) -> None:
+    """Fill old logprobs (if they differ from the loss pass), reference logprobs, entropy."""
+    cfg = run.config
+    need_old = not run.on_policy or run.kl_in_reward
+    need_ent = cfg.log.entropy and cfg.algo.entropy_coef == 0
+    if not rows or not (need_old or run.uses_reference or need_ent):
+        return
+    run.model.eval()
+    T = cfg.rollout.temperature
+    for mb in micro_batches(rows, cfg.algo.micro_batch_size):
+        b = collate(mb, run.pad_id)
+        with run.autocast():
+            old = (
+                token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])
+                if need_old
+                else None
+            )
+            ent = (
+                token_entropy(run.model, b["ids"], b["attn"], T, start=b["start"])
+                if need_ent
+                else None
+            )
+            ref = reference_logprobs(run, b) if run.uses_reference else None
+        for k, r in enumerate(mb):
+            n = len(r.ids)
+            if old is not None:
+                r.old_logprobs = old[k, :n].float()
+            if ent is not None:
+                r.entropy = ent[k, :n].float()
+            if ref is not None:
+                r.ref_logprobs = ref[k, :n].float()
+
+
+def reference_logprobs(run: Run, b: dict[str, Any]) -> torch.Tensor:
+    """Logprobs under the frozen reference: the base weights (LoRA disabled) or a loaded copy."""
+    T = run.config.rollout.temperature
+    if run.ref_model is None:  # LoRA: the reference is the policy with its adapter switched off
+        with run.model.disable_adapter():
+            return token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])
+    return token_logprobs(run.ref_model, b["ids"], b["attn"], T, start=b["start"])
+
+
+def fold_kl(run: Run, rows: list[Row], rewards: torch.Tensor) -> torch.Tensor:
+    """KL in the reward: r_i - beta * sum_t kl_t (verl's apply_kl_penalty for outcome rewards)."""
+    out = rewards.clone()
+    for k, r in enumerate(rows):
+        lm = r.loss_mask[None]  # [1, T]
+        kl = kl_penalty(
+            r.old_logprobs[None], r.ref_logprobs[None], lm, run.config.algo.kl
+        )  # [1, T]
+        out[k] = fold_kl_into_rewards(rewards[k : k + 1], kl, lm, run.config.algo.kl_coef)[0]
+    return out
+
+
+def trajectory_filters(cfg: TrainConfig, trajs: list[Trajectory]) -> FilterResult:
+    """Void-turn (SimpleTIR) and overlong (DAPO) filters on single trajectories."""
+    results = [FilterResult({}, len(trajs))]
+    if cfg.filters.void_turn:
+        results.append(void_turn_filter([t.metadata.get("void_turns", 0) > 0 for t in trajs]))
+    if cfg.filters.overlong == "filter":
+        results.append(overlong_filter([t.stop_reason in TRUNCATED for t in trajs]))
+    return combine(*results)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. loss and optimizer steps
+# ---------------------------------------------------------------------------------------
+
+
+def update_policy(
+    run: Run, step: int, rows: list[Row], advantages: torch.Tensor
+) -> dict[str, float]:
+    """epochs x mini_batches optimizer steps over the batch; returns averaged statistics."""
+    cfg = run.config
+    run.model.train()
+    stats: list[tuple[float, dict[str, float]]] = []
+    grad_norms: list[float] = []
+    trained_tokens = 0.0
+    n = len(rows)
+    for epoch in range(cfg.algo.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
+        perm = torch.randperm(n, generator=g).tolist() if n else []
+        for part in np.array_split(np.array(perm, dtype=np.int64), cfg.algo.mini_batches):
+            idx = part.tolist()
+            mb = [rows[i] for i in idx]
+            denom = loss_denominator(cfg, mb)
+            if denom is None:
+                continue  # nothing trainable in this mini-batch: no step
+            run.optimizer.zero_grad(set_to_none=True)
+            for micro_idx in micro_batches_idx(mb, cfg.algo.micro_batch_size):
+                micro = [mb[i] for i in micro_idx]
+                adv = advantages[[idx[i] for i in micro_idx]]  # [B]
+                out, lp = micro_loss(run, micro, adv, denom)
+                out.loss.backward()
+                w = float(sum(r.loss_mask.sum() for r in micro))
+                stats.append((w, out.stats))
+                trained_tokens += w
+                if run.on_policy:  # ratio-1 pass: these are the pre-update logprobs
+                    for k, r in enumerate(micro):
+                        r.old_logprobs = lp[k, : len(r.ids)].detach().float()
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(run.trainable, max_norm)
+            grad_norms.append(float(norm))
+            run.optimizer.step()
+            run.scheduler.step()
+    out = weighted_stats(stats)
+    out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
+    out["optimizer_steps"] = float(len(grad_norms))
+    out["trained_tokens"] = trained_tokens
+    out["lr"] = run.scheduler.get_last_lr()[0]
+    return out
+
+
+def loss_denominator(cfg: TrainConfig, rows: Sequence[Row]) -> float | None:
+    """The whole mini-batch's divisor, so micro-batch losses add up to the mini-batch loss."""
+    tokens = [float(r.loss_mask.sum()) for r in rows]
+    if sum(tokens) == 0:
+        return None
+    if cfg.algo.loss_agg == "token-mean":
+        return sum(tokens)
+    if cfg.algo.loss_agg == "seq-mean-token-mean":
+        return float(sum(t > 0 for t in tokens))
+    return float(len(rows))  # seq-mean-token-sum-norm: all rows (Dr. GRPO's constant)
+
+
+def micro_loss(run: Run, micro: list[Row], adv: torch.Tensor, denom: float):
+    """Forward one micro-batch with gradients and return (PolicyLossOutput, logprobs [B, T])."""
+    cfg = run.config
+    b = collate(micro, run.pad_id)
+    T = cfg.rollout.temperature
+    with run.autocast():
+        lp = token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])  # [B, T]
+        ent = None
+        if cfg.algo.entropy_coef != 0:
+            ent = token_entropy(run.model, b["ids"], b["attn"], T, start=b["start"])  # [B, T]
+    old = b["old_logprobs"] if "old_logprobs" in b else lp.detach()  # [B, T]
+    out = policy_loss(
+        lp,
+        old,
+        adv,
+        b["loss_mask"],
+        run.loss_cfg,
+        sampling_logprobs=b["sampling_logprobs"],
+        ref_logprobs=b.get("ref_logprobs"),
+        entropy=ent,
+        denominator=denom,
+    )
+    if ent is not None:
+        for k, r in enumerate(micro):
+            r.entropy = ent[k, : len(r.ids)].detach().float()
+    return out, lp
+
+
+# ---------------------------------------------------------------------------------------
+# 7. log
+# ---------------------------------------------------------------------------------------
+
+
+def _reason(reasons: dict[str, torch.Tensor], i: int) -> str | None:
+    for name, flags in reasons.items():
+        if bool(flags[i]):
+            return OVERLAY_REASON.get(name, name)
+    return None
+
+
+def annotate(
+    trajs: list[Trajectory],
+    batch: list[int],
+    rows: list[Row],
+    advantages: torch.Tensor,
+    group_res: FilterResult | None,
+    traj_res: FilterResult,
+    step: int,
+) -> None:
+    """Per-token overlays in metadata['train'], aligned with the response tokens."""
+    for i, t in enumerate(trajs):
+        reason = _reason(group_res.reasons, i) if group_res is not None else None
+        t.metadata["train"] = {"step": step, "filtered": reason}
+    for k, (i, r) in enumerate(zip(batch, rows)):
+        p = r.prompt_len
+        overlay = trajs[i].metadata["train"]
+        overlay["filtered"] = _reason(traj_res.reasons, k)
+        a = float(advantages[k])
+        overlay["advantages"] = [round(a, 6) if m else 0.0 for m in r.loss_mask[p:].tolist()]
+        if r.old_logprobs is not None:
+            overlay["trainer_logprobs"] = [round(x, 6) for x in r.old_logprobs[p:].tolist()]
+        if r.entropy is not None:
+            overlay["entropy"] = [round(x, 5) for x in r.entropy[p:].tolist()]
+
+
+def step_metrics(
+    run: Run,
+    step: int,
+    trajs: list[Trajectory],
+    rows: list[Row],
+    batch: list[int],
+    group_res: FilterResult | None,
+    traj_res: FilterResult,
+    rounds: int,
+    update: dict[str, float],
+) -> dict[str, Any]:
+    cfg = run.config
+    row: dict[str, Any] = {"step": step}
+    row.update(
+        rollout_metrics(trajs, [t.metadata["correct"] for t in trajs], [t.group_id for t in trajs])
+    )
+    n = max(len(trajs), 1)
+    reasons: dict[str, float] = defaultdict(float)
+    if group_res is not None:
+        for name, flags in group_res.reasons.items():
+            reasons[name] += float(flags.sum()) / n
+    for name, flags in traj_res.reasons.items():
+        reasons[name] += float(flags.sum()) / n
+    row.update({f"filtered/{k}": v for k, v in sorted(reasons.items())})
+    row["train_trajectories"] = float(len(batch) - int((~traj_res.keep).sum()))
+    if group_res is not None:
+        row["dynamic_sampling/rounds"] = float(rounds)
+        row["dynamic_sampling/groups_kept"] = float(len(group_res.kept_groups or []))
+        row["dynamic_sampling/shortfall"] = float(group_res.shortfall)
+    if cfg.length.limits:
+        row["length/limit"] = float(
+            thinkprune_limit(step - 1, cfg.length.limits, cfg.length.starts)
+        )
+    row["generated_tokens"] = float(sum(t.num_model_tokens for t in trajs))
+    renamed = {"clip_frac": "clip_fraction", "kl_loss": "kl_loss"}
+    for k, v in update.items():
+        row[renamed.get(k, k)] = v
+    ents = [e for t in trajs if "entropy" in t.metadata["train"] for e in _masked(t, "entropy")]
+    if ents:
+        row["entropy"] = sum(ents) / len(ents)
+    if run.uses_reference and rows:
+        row["kl"] = batch_kl(rows)
+    return row
+
+
+def _masked(t: Trajectory, key: str) -> list[float]:
+    vals = t.metadata["train"][key]
+    return [v for v, m in zip(vals, t.response_loss_mask) if m]
+
+
+@torch.no_grad()
+def batch_kl(rows: list[Row]) -> float:
+    """Mean k3 estimate of KL(policy before the update || reference) over trained tokens."""
+    num = den = 0.0
+    for r in rows:
+        if r.old_logprobs is None or r.ref_logprobs is None:
+            continue
+        lm = r.loss_mask[None]  # [1, T]
+        num += float(kl_penalty(r.old_logprobs[None], r.ref_logprobs[None], lm, "k3").sum())
+        den += float(lm.sum())
+    return num / den if den else 0.0
+
+
+def log_row(run: Run, row: dict[str, Any], step: int) -> dict[str, Any]:
+    row = {"step": step, "time": time.time(), **{k: v for k, v in row.items() if k != "step"}}
+    with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, allow_nan=False, default=float) + "\n")
+    run.rows.append(row)
+    if run.tb is not None:
+        run.tb.log(row)
+    if run.config.log.progress and step > 0:
+        print(progress_line(row, step, run.config.steps), flush=True)
+    elif run.config.log.progress and "eval/accuracy" in row:
+        print(
+            f"step 0 | EVAL acc {row['eval/accuracy']:.3f} tools {row.get('eval/tool_call_rate', 0):.2f}",
+            flush=True,
+        )
+    if run.config.log.alarms:
+        print_alarms(run)
+    return row
+
+
+def print_alarms(run: Run) -> None:
+    """Print trajlab.viewer.alarms warnings when they start firing (skipped if absent)."""
+    try:
+        from trajlab.viewer.alarms import check_alarms
+    except ImportError:
+        return
+    for alarm in check_alarms(run.rows):
+        if alarm.name not in run.alarms_seen:
+            print(f"ALARM {alarm}", file=sys.stderr, flush=True)
+            run.alarms_seen.add(alarm.name)
+
+
+def evaluate_policy(run: Run, step: int) -> dict[str, float]:
+    """Held-out evaluation through the harness, written to eval/step_XXXXXX/."""
+    from trajlab.eval.harness import EvalConfig, evaluate
+
+    cfg = run.config
+    run.model.eval()
+    ecfg = EvalConfig(
+        model=cfg.model.model,
+        task=cfg.data.eval_task or cfg.data.task,
+        split=cfg.data.eval_split,
+        limit=len(run.eval_examples),
+        n=1,
+        reward=next(iter(cfg.reward.weights)),
+        temperature=cfg.eval.temperature,
+        seed=cfg.seed,
+        batch_size=cfg.eval.batch_size,
+        out=str(run.out / "eval" / step_dir_name(step)),
+        progress=False,
+        agent=cfg.agent,
+    )
+
+    def scorer(ex: Example, t: Trajectory) -> None:
+        score(run, max(step, 1), [t], [ex])
+
+    m = evaluate(
+        ecfg,
+        engine=run.engine,
+        tools=run.tools,
+        examples=run.eval_examples,
+        scorer=scorer,
+        argv=run.argv,
+    )
+    keys = (
+        "accuracy",
+        "tool_call_rate",
+        "tool_error_rate",
+        "response_tokens_mean",
+        "answered_rate",
+        "reward_mean",
+    )
+    return {f"eval/{k}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
+
+
+# ---------------------------------------------------------------------------------------
+# Plumbing: setup, resume, checkpoint, finish
+# ---------------------------------------------------------------------------------------
+
+
+class PromptSampler:
+    """Epochs over the examples in a seeded shuffled order; its state is the data cursor."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        if not examples:
+            raise ValueError("no training examples: check data.task, data.split and data.size")
+        self.examples, self.seed, self.epoch, self.pos = examples, seed, 0, 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(f"trajlab-sampler/{self.seed}/{epoch}").shuffle(order)
+        return order
+
+    def next(self, k: int) -> list[Example]:
+        out = []
+        for _ in range(k):
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            out.append(self.examples[self._order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._shuffled(self.epoch)
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by setup()."""
+
+    config: TrainConfig
+    out: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: Engine
+    loop: AgentLoop
+    tools: dict[str, Any]
+    own_tools: bool
+    sampler: PromptSampler
+    eval_examples: list[Example]
+    reward_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    trainable: list[torch.nn.Parameter]
+    loss_cfg: PolicyLossConfig
+    ref_model: torch.nn.Module | None = None
+    pad_id: int = 0
+    start_step: int = 0
+    argv: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    tb: TensorBoardLogger | None = None
+    alarms_seen: set[str] = field(default_factory=set)
+
+    @property
+    def on_policy(self) -> bool:
+        return self.config.algo.epochs == 1 and self.config.algo.mini_batches == 1
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.algo.kl != "none"
+
+    @property
+    def kl_in_reward(self) -> bool:
+        return self.uses_reference and self.config.algo.kl_in == "reward"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.optim.autocast == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def setup(
+    cfg: TrainConfig,
+    examples: list[Example] | None,
+    eval_examples: list[Example] | None,
+    engine: Engine | None,
+    tools: dict[str, Any] | None,
+    argv: list[str] | None,
+) -> Run:
+    from trajlab.models import load_model, load_tokenizer
+
+    out = Path(cfg.out or f"runs/train-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    torch.manual_seed(cfg.seed)
+    prepare_run_dir(out, cfg, argv)
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    model = load_model(cfg.model.model, dtype=dtype)
+    tok = load_tokenizer(cfg.model.model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = True  # generation still uses the KV cache
+    if cfg.model.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.model.lora_r,
+            lora_alpha=cfg.model.lora_alpha,
+            lora_dropout=cfg.model.lora_dropout,
+            target_modules=list(cfg.model.lora_targets),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
+    ref_model = None
+    if cfg.algo.kl != "none" and not cfg.model.lora:
+        ref_model = load_model(cfg.model.model, dtype=dtype)  # frozen: only loaded when KL is on
+        ref_model.requires_grad_(False)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        trainable, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    )
+    total_updates = cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
+
+    if engine is None:
+        engine = build_engine(cfg, model, tok)
+    own_tools = tools is None
+    if tools is None:
+        tools = build_tools(cfg)
+    loop = AgentLoop(engine, tools, cfg.agent, sampling=rollout_sampling(cfg, 1, 0))
+    if examples is None:
+        examples = load_examples(cfg.data.task, cfg.data.split, cfg.data.size, cfg.data.seed)
+    if eval_examples is None and cfg.eval.every > 0:
+        eval_examples = load_examples(
+            cfg.data.eval_task or cfg.data.task,
+            cfg.data.eval_split,
+            cfg.data.eval_size,
+            cfg.data.seed,
+        )
+    weights = cfg.reward.weights
+    if not weights:
+        raise ConfigError(
+            "reward.weights is empty; give at least one reward, e.g. {math_correct: 1.0}"
+        )
+    reward_fn = combine_rewards(weights)
+    a = cfg.algo
+    loss_cfg = PolicyLossConfig(
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        dual_clip=a.dual_clip if a.dual_clip > 0 else None,
+        ratio_level=a.ratio_level,
+        agg=a.loss_agg,
+        norm_length=(a.norm_length or float(cfg.agent.max_new_tokens))
+        if a.loss_agg == "seq-mean-token-sum-norm"
+        else None,
+        tis_cap=a.tis_cap if a.tis_cap > 0 else None,
+        kl_estimator=a.kl,
+        kl_coef=a.kl_coef,
+        kl_in=a.kl_in,
+        entropy_coef=a.entropy_coef,
+    )
+    run = Run(
+        config=cfg,
+        out=out,
+        model=model,
+        tokenizer=tok,
+        engine=engine,
+        loop=loop,
+        tools=tools,
+        own_tools=own_tools,
+        sampler=PromptSampler(examples, cfg.data.seed),
+        eval_examples=eval_examples or [],
+        reward_fn=reward_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainable=trainable,
+        loss_cfg=loss_cfg,
+        ref_model=ref_model,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+        argv=list(argv if argv is not None else sys.argv),
+    )
+    resume(run)
+    if cfg.log.tensorboard:
+        run.tb = TensorBoardLogger(out / "tb")
+    return run
+
+
+def lr_lambda(o, total: int):
+    """Linear warmup to 1, then constant, linear or cosine decay to min_lr_ratio."""
+    import math
+
+    def f(s: int) -> float:
+        if o.warmup_steps > 0 and s < o.warmup_steps:
+            return (s + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        span = max(total - o.warmup_steps, 1)
+        frac = min(max(s - o.warmup_steps, 0) / span, 1.0)
+        shape = 1.0 - frac if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+        return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+
+    return f
+
+
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, tok: Any) -> Engine:
+    if cfg.rollout.engine == "fake":
+        from trajlab.engines.fake import FakeEngine
+
+        responses = list(cfg.rollout.fake_responses)
+        counter = {"i": 0}
+
+        def respond(_prompt: str) -> str:
+            text = responses[counter["i"] % len(responses)]
+            counter["i"] += 1
+            return text
+
+        return FakeEngine(tok, respond, model=model)
+    from trajlab.engines.hf import HFEngine
+
+    return HFEngine(model, tok, max_batch_size=cfg.rollout.max_batch_size)
+
+
+def build_tools(cfg: TrainConfig) -> dict[str, Any]:
+    """Built-in tools by name, or `tool_plugins` factories ('module:factory') for tests."""
+    from trajlab.eval.harness import build_tools as builtin
+
+    tools = {}
+    for name in cfg.agent.tools:
+        spec = cfg.tool_plugins.get(name)
+        if spec is None:
+            tools.update(builtin([name], cfg.agent))
+            continue
+        module, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"tool_plugins.{name}: cannot load {spec!r}: {e}") from None
+        tools[name] = factory()
+    return tools
+
+
+def load_examples(task: str, split: str, size: int, seed: int) -> list[Example]:
+    """Examples of a built-in task or JSONL file, through trajlab.tasks.load_task."""
+    try:
+        from trajlab.tasks import load_task
+    except ImportError:  # adapter while trajlab.tasks grows its registry
+        load_task = _load_task_adapter
+    return load_task(task, split=split, n=size or None, seed=seed)
+
+
+def _load_task_adapter(task: str, split: str, n: int | None, seed: int) -> list[Example]:
+    from trajlab.tasks import synthetic
+    from trajlab.tasks.jsonl import load_jsonl_task
+
+    makers = {"arith": synthetic.make_arith, "puzzles": synthetic.make_puzzles}
+    if task in makers:
+        return makers[task](n=n or 100, split=split, seed=seed)
+    return load_jsonl_task(task, limit=n)
+
+
+def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None:
+    """Create run.json and config.yaml, or check that an existing run has the same config."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trajectories").mkdir(exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    cfg_path = out / "config.yaml"
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    if cfg_path.exists():
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        diff = [
+            k
+            for k in sorted(set(old) | set(cfg_dict))
+            if k not in RESUMABLE_KEYS and old.get(k) != cfg_dict.get(k)
+        ]
+        if diff:
+            raise ConfigError(
+                f"{out} holds a run with a different config (keys {', '.join(diff)} differ). "
+                f"Resume it with the same settings (only {', '.join(RESUMABLE_KEYS)} may change), "
+                "or choose a new out= directory."
+            )
+        update_run_json(out, status="running")
+        cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        return
+    cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    from trajlab import __version__
+
+    info = {
+        "kind": "train",
+        "status": "running",
+        "created": now,
+        "updated": now,
+        "command": list(argv if argv is not None else sys.argv),
+        "trajlab_version": __version__,
+    }
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def update_run_json(out: Path, **fields: Any) -> None:
+    p = out / "run.json"
+    info = json.loads(p.read_text()) if p.exists() else {"kind": "train"}
+    info.update(fields, updated=_dt.datetime.now().isoformat(timespec="seconds"))
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, p)
+
+
+def resume(run: Run) -> None:
+    """Continue from the newest checkpoint; cut back whatever was written after it."""
+    out = run.out
+    ckpt = latest_checkpoint(out / "checkpoints")
+    step = 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler)
+        run.sampler.load_state_dict(state["sampler"])
+        step = int(state["step"])
+        run.start_step = step
+        print(f"resuming {out} from {ckpt.name} (step {step})", file=sys.stderr, flush=True)
+    # Files from steps after the checkpoint (a run killed mid-step) would be duplicated.
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        rows = []
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line
+            if ckpt is not None and row.get("step", 0) <= step:
+                rows.append(row)
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        run.rows = rows
+    for folder in (out / "trajectories", out / "eval"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            name = p.name.split(".")[0]
+            if not name.startswith("step_"):
+                continue
+            if ckpt is None or int(name[5:]) > step:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def save(run: Run, step: int) -> None:
+    save_checkpoint(
+        run.out / "checkpoints",
+        step,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        state={"sampler": run.sampler.state_dict()},
+        tokenizer=run.tokenizer,
+        keep=run.config.log.keep_checkpoints,
+    )
+
+
+def finish(run: Run, status: str) -> None:
+    if run.config.log.plots and run.rows:
+        try:
+            write_plots(run.out / "metrics.png", run.rows)
+        except Exception as e:  # a plot must never lose a finished run
+            print(f"warning: could not write metrics.png: {e!r}", file=sys.stderr)
+    if run.tb is not None:
+        run.tb.close()
+    if run.own_tools:
+        for t in run.tools.values():
+            t.close()
+    update_run_json(run.out, status=status)

@@ -1,0 +1,243 @@
+"""Supervised fine-tuning on trajectories, with the ledger's loss masks: `trajlab sft`.
+
+    trajlab sft --data runs/x/trajectories.jsonl --model default --out runs/sft --epochs 2 --lr 1e-5
+    python -c "from trajlab.train.sft import sft; ..."      # sft(SFTConfig(...), trajectories=[...])
+
+Loss: masked negative log-likelihood of the stored token ids,
+    L = - sum_{i,t} m_{i,t} log p(y_{i,t} | y_{i,<t}) / sum_{i,t} m_{i,t}
+with m = Trajectory.loss_mask: 1 on model tokens, 0 on prompt, template and tool tokens, so
+the model learns to write calls and answers but never to predict the interpreter's output
+(as SimpleDeepSearcher's SFT labels result segments -100, and R1-Searcher++'s masked NLL).
+Logprobs come from trajlab.models.token_logprobs on the ids as stored: nothing is
+re-tokenised, so SFT trains on exactly the tokens an RL run (or the demo's builder) wrote.
+
+Used for cold starts: teach a small model the protocol's call format before RL (the demo
+does this on programmatically built trajectories). The result is written as a Hugging Face
+model directory (or a LoRA adapter) under OUT/model, loadable by `trajlab train` and
+`trajlab eval`, plus metrics.jsonl and checkpoints as in a training run.
+
+What it does not do: pack several trajectories into one sequence, or weight tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trajlab.config import ConfigError, to_dict
+from trajlab.models import token_logprobs
+from trajlab.train.checkpoint import save_checkpoint
+from trajlab.train.config import SFTConfig
+from trajlab.types import Trajectory, read_jsonl
+
+
+def is_correct(t: Trajectory) -> bool:
+    if "correct" in t.metadata:
+        return bool(t.metadata["correct"])
+    return t.reward is not None and t.reward.total > 0
+
+
+def load_sft_data(cfg: SFTConfig) -> list[Trajectory]:
+    trajs: list[Trajectory] = []
+    for path in cfg.data:
+        if not Path(path).is_file():
+            raise ConfigError(f"sft data file {path} does not exist")
+        trajs += read_jsonl(path)
+    return trajs
+
+
+def select(cfg: SFTConfig, trajs: list[Trajectory]) -> tuple[list[Trajectory], dict[str, int]]:
+    """Keep correct (if asked), short-enough trajectories that have trained tokens."""
+    kept, dropped = [], {"incorrect": 0, "too_long": 0, "no_model_tokens": 0}
+    for t in trajs:
+        if cfg.only_correct and not is_correct(t):
+            dropped["incorrect"] += 1
+        elif len(t.token_ids) > cfg.max_length:
+            dropped["too_long"] += 1
+        elif not any(t.loss_mask):
+            dropped["no_model_tokens"] += 1
+        else:
+            kept.append(t)
+    return kept, dropped
+
+
+def sft_loss(model: torch.nn.Module, trajs: list[Trajectory], pad_id: int, denominator: float):
+    """Masked NLL summed over a micro-batch and divided by the whole batch's trained tokens."""
+    T = max(len(t.token_ids) for t in trajs)
+    ids = torch.full((len(trajs), T), pad_id, dtype=torch.long)  # [B, T]
+    attn = torch.zeros(len(trajs), T, dtype=torch.long)  # [B, T]
+    mask = torch.zeros(len(trajs), T, dtype=torch.float32)  # [B, T]
+    for b, t in enumerate(trajs):
+        n = len(t.token_ids)
+        ids[b, :n] = torch.tensor(t.token_ids)
+        attn[b, :n] = 1
+        mask[b, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+    start = min(t.prompt_length for t in trajs)
+    lp = token_logprobs(model, ids, attn, start=start)  # [B, T]
+    # torch.where, not lp * mask: a masked position contributes exactly 0 and gets 0 gradient.
+    nll = -torch.where(mask.bool(), lp, torch.zeros((), dtype=lp.dtype)).sum() / denominator
+    return nll, lp
+
+
+def sft(
+    cfg: SFTConfig, trajectories: list[Trajectory] | None = None, argv: list[str] | None = None
+) -> dict[str, Any]:
+    """Fine-tune cfg.model on the trajectories; return final metrics plus `run_dir`/`model_dir`."""
+    from trajlab.models import load_model, load_tokenizer
+    from trajlab.train.rl import lr_lambda
+
+    out = Path(cfg.out or f"runs/sft-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    trajs = trajectories if trajectories is not None else load_sft_data(cfg)
+    data, dropped = select(cfg, trajs)
+    if not data:
+        raise ConfigError(
+            f"no trajectories left to train on ({len(trajs)} read; dropped {dropped}). "
+            "Check the data files, or set only_correct=false / a larger max_length."
+        )
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    _write_run_json(out, "running", argv)
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    model = load_model(cfg.model.model, dtype=dtype)
+    tok = load_tokenizer(cfg.model.model)
+    if cfg.model.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.model.lora_r,
+                lora_alpha=cfg.model.lora_alpha,
+                lora_dropout=cfg.model.lora_dropout,
+                target_modules=list(cfg.model.lora_targets),
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    )
+    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    if cfg.progress:
+        print(f"sft: {len(data)} trajectories ({dropped}), {total} steps -> {out}", flush=True)
+
+    step, t_start, last = 0, time.perf_counter(), {}
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if o.autocast == "bf16" else None
+    for epoch in range(cfg.epochs):
+        order = list(range(len(data)))
+        random.Random(f"trajlab-sft/{cfg.seed}/{epoch}").shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            t0 = time.perf_counter()
+            batch = [data[i] for i in order[s : s + cfg.batch_size]]
+            batch.sort(key=lambda t: len(t.token_ids))  # little padding per micro-batch
+            tokens = float(sum(sum(t.loss_mask) for t in batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for m in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[m : m + cfg.micro_batch_size]
+                if autocast is not None:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss, _ = sft_loss(model, micro, pad_id, tokens)
+                else:
+                    loss, _ = sft_loss(model, micro, pad_id, tokens)
+                loss.backward()
+                loss_sum += float(loss)
+            max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            last = {
+                "step": step,
+                "time": time.time(),
+                "epoch": epoch,
+                "loss": loss_sum,
+                "grad_norm": norm,
+                "lr": scheduler.get_last_lr()[0],
+                "trained_tokens": tokens,
+                "time/step": dt,
+                "tokens_per_s": sum(len(t.token_ids) for t in batch) / dt,
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            if cfg.progress:
+                print(
+                    f"sft step {step}/{total} | epoch {epoch} | loss {loss_sum:.4f} | gnorm {norm:.2f} | "
+                    f"lr {last['lr']:.2e} | {dt:.1f}s | {last['tokens_per_s']:.0f} tok/s",
+                    flush=True,
+                )
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                save_checkpoint(
+                    out / "checkpoints",
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"epoch": epoch},
+                    tok,
+                    keep=1,
+                )
+    model_dir = out / "model"
+    if cfg.model.lora:
+        model = model.merge_and_unload()  # a plain HF model that `trajlab train/eval` can load
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    _write_run_json(out, "done", argv, wall_time_s=time.perf_counter() - t_start)
+    return {**last, "run_dir": str(out), "model_dir": str(model_dir), "num_trajectories": len(data)}
+
+
+def _write_run_json(out: Path, status: str, argv: list[str] | None, **extra: Any) -> None:
+    from trajlab import __version__
+
+    p = out / "run.json"
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    info = (
+        json.loads(p.read_text())
+        if p.exists()
+        else {
+            "kind": "sft",
+            "created": now,
+            "command": list(argv if argv is not None else sys.argv),
+            "trajlab_version": __version__,
+        }
+    )
+    info.update(status=status, updated=now, **extra)
+    p.write_text(json.dumps(info, indent=2))
+
+
+def configure(parser: Any) -> None:
+    """`trajlab sft` flags (see trajlab/train/cli.py)."""
+    from trajlab.train.cli import configure_sft
+
+    configure_sft(parser)
+
+
+def main(args: Any) -> int:
+    from trajlab.train.cli import main_sft
+
+    return main_sft(args)
