@@ -134,8 +134,10 @@ class PythonTool:
         return _to_tool_result(r, self.config)
 
     def open_session(self) -> PythonSession:
-        """A stateful notebook for one trajectory; close it when the trajectory ends."""
-        return PythonSession(self.pool.session(), self.config)
+        """A stateful notebook for one trajectory; close it when the trajectory ends. The
+        sandboxed process starts at the first call, so trajectories that never run code
+        cost nothing."""
+        return PythonSession(self.pool, self.config)
 
     def close(self) -> None:
         if self._own_pool:
@@ -147,18 +149,22 @@ class PythonSession:
 
     name = "python"
 
-    def __init__(self, session: SandboxSession, config: PythonToolConfig):
-        self.session, self.config = session, config
+    def __init__(self, pool: SandboxPool, config: PythonToolConfig):
+        self.pool, self.config = pool, config
+        self.session: SandboxSession | None = None
 
     def run(self, args: dict[str, Any]) -> ToolResult:
         bad = _bad_args(args)
         if bad:
             return bad
+        if self.session is None:
+            self.session = self.pool.session()
         r = self.session.run(args["code"], timeout_s=self.config.timeout_s)
         return _to_tool_result(r, self.config)
 
     def close(self) -> None:
-        self.session.close()
+        if self.session is not None:
+            self.session.close()
 
     def __enter__(self) -> PythonSession:
         return self

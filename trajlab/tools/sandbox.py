@@ -137,8 +137,9 @@ class SandboxConfig:
     """A stateful session unused for this long is killed."""
     session_cpu_s: int = 600
     """RLIMIT_CPU of a session process (CPU time summed over all its cells)."""
-    max_sessions_per_slot: int = 8
-    """Open sessions a slot may hold at once."""
+    max_sessions_per_slot: int = 64
+    """Open sessions a slot may hold at once (each is one idle process, mostly shared
+    copy-on-write with its zygote, plus a cgroup)."""
     recycle_after_runs: int = 10_000
     """Restart a zygote after this many runs (bounds slow leaks in the fork server)."""
     python: str = ""
