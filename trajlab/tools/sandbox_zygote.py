@@ -1188,6 +1188,10 @@ class Zygote:
             with contextlib.suppress(OSError):
                 os.close(fd)
         cgroup_remove(s.job.unit)
+        if os.path.lexists(s.job.fallback_cwd):  # degraded mode only (no mount namespace)
+            import shutil
+
+            shutil.rmtree(s.job.fallback_cwd, ignore_errors=True)
 
     def expire_sessions(self, idle_s: float) -> None:
         now = time.monotonic()
