@@ -339,15 +339,47 @@ def build_seccomp(allow_inet: bool):
                 f.add_rule(eperm, call, sc.Arg(0, sc.EQ, fam))
     for bit in _CLONE_NS_BITS:  # no nested namespaces (user namespaces above all)
         f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
-    try:
-        f.add_rule(
-            sc.ERRNO(errno.ENOSYS), "clone3"
-        )  # glibc falls back to clone, which we can filter
+    try:  # ENOSYS: glibc falls back to clone, whose flags the filter can inspect
+        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     except Exception:
         skipped.append("clone3")
     for req in (TIOCSTI, TIOCLINUX):
         f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
     return f, skipped
+
+
+class CompiledFilter:
+    """The filter compiled to BPF once in the zygote; `load()` in a sandbox is then one
+    prctl instead of a libseccomp compilation per run (about 1 ms of CPU saved)."""
+
+    def __init__(self, filt):
+        r, w = os.pipe()
+        try:
+            with os.fdopen(w, "wb") as f:
+                filt.export_bpf(f)
+            code = b""
+            while chunk := os.read(r, 1 << 16):
+                code += chunk
+        finally:
+            os.close(r)
+        if not code or len(code) % 8:
+            raise ValueError(f"libseccomp exported {len(code)} bytes of BPF")
+        self.filter = filt  # keeps libseccomp's context alive, for a fallback load
+        self._code = ctypes.create_string_buffer(code, len(code))
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+        self._prog = struct.pack("HxxxxxxP", len(code) // 8, ctypes.addressof(self._code))
+        self._prog_buf = ctypes.create_string_buffer(self._prog, len(self._prog))
+
+    def load(self) -> None:
+        r = _libc.prctl(
+            ctypes.c_int(22),
+            ctypes.c_ulong(2),
+            self._prog_buf,
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        if r != 0:
+            raise _err("prctl(PR_SET_SECCOMP)")
 
 
 # ----------------------------------------------------------------------------- sandbox setup
@@ -900,7 +932,8 @@ class Zygote:
                     "resource", "fcntl", "socket", "subprocess"):  # fmt: skip
             __import__(mod)
         try:
-            self.seccomp, self.seccomp_skipped = build_seccomp(self.allow_loopback)
+            filt, self.seccomp_skipped = build_seccomp(self.allow_loopback)
+            self.seccomp = CompiledFilter(filt)
         except Exception as e:
             info["seccomp_error"] = f"{type(e).__name__}: {e}"
             self.layers["seccomp"] = False
