@@ -83,6 +83,12 @@ class DataConfig:
         "test", "held-out split (disjoint from train for built-in tasks)", choices=("train", "test")
     )
     eval_size: int = opt(50, "held-out examples evaluated each time")
+    prompt: str = opt(
+        "protocol",
+        "protocol: the protocol's system prompt and few-shot example (trajlab.tasks.prompts); "
+        "question: the question alone as one user message (tiny models, tests)",
+        choices=("protocol", "question"),
+    )
 
 
 @dataclass

@@ -863,7 +863,15 @@ def setup(
     own_tools = tools is None
     if tools is None:
         tools = build_tools(cfg)
-    loop = AgentLoop(engine, tools, cfg.agent, sampling=rollout_sampling(cfg, 1, 0))
+    prompt_builder = None  # the protocol's prompt (trajlab.tasks.prompts.render_messages)
+    if cfg.data.prompt == "question":
+
+        def prompt_builder(ex: Example) -> list[dict[str, str]]:
+            return [{"role": "user", "content": ex.question}]
+
+    loop = AgentLoop(
+        engine, tools, cfg.agent, sampling=rollout_sampling(cfg, 1, 0), prompt_builder=prompt_builder
+    )
     if examples is None:
         examples = load_examples(cfg.data.task, cfg.data.split, cfg.data.size, cfg.data.seed)
     if eval_examples is None and cfg.eval.every > 0:
