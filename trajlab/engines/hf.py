@@ -10,13 +10,15 @@ How it works, per batch of at most `max_batch_size` prompts:
      (greedy argmax, or a sample from the temperature/top-k/top-p filtered distribution),
      records its logprob under the full-vocabulary softmax(logits / temperature), and
      checks that sequence's own end: EOS (kept in the output), the first completed stop
-     string (the completing token is kept), or max_new_tokens;
+     string (the completing token is kept), or max_new_tokens (capped so prompt plus
+     output fit the model's context);
   3. finished sequences leave the batch: their rows are dropped from the KV cache, the
      attention mask and the position ids, so later steps only compute live rows.
 
 Sampling is reproducible: each prompt gets its own torch.Generator seeded from
 (params.seed, prompt index), so a given seed gives the same outputs on every call,
-whatever the batch size or which sequences finish first.
+whatever the batch size or which sequences finish first (up to float differences
+between batch shapes, which can flip a near-tie).
 
 Why not `model.generate`: we need per-sequence stop strings that keep the completing
 token, per-token logprobs in our convention (engines/base.py) and, later, control over
