@@ -119,3 +119,18 @@ def test_hybrid_returns_planted_passage_and_fuses_by_rrf(encoder, corpus_file, t
     top = index.search("Karsholm Light lighthouse granite islet", 1)[0]
     assert top.id == "planted" and top.score == pytest.approx(2 / 61)
     assert index.search_batch([QUERY], 3) == [hits]
+
+
+def test_query_threads_apply_only_while_embedding_queries():
+    import torch
+
+    from trajlab.retrieval.dense import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(0):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="query_threads"):
+        DenseConfig(query_threads=-1)
