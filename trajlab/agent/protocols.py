@@ -70,6 +70,8 @@ class CallSyntax:
     # Stop strings that end generation at this call; default: the closing marker. They
     # differ when the closing marker also occurs in the opener (a code fence).
     stop: tuple[str, ...] = ()
+    # Characters deleted from the argument (R1-Searcher strips quotes from its queries).
+    remove: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class MarkupProtocol:
             if last_open:
                 body = body[last_open[-1].end() :]
             body = body.strip("\n") if c.arg == "code" else body.strip()
+            if c.remove:
+                body = body.translate(str.maketrans("", "", c.remove)).strip()
             if c.tool not in tools:
                 return Action(
                     "bad_call",
@@ -180,6 +184,7 @@ R1_SEARCHER = MarkupProtocol(
             "<|end_of_query|>",
             "query",
             "\n\n<|begin_of_documents|>\n{result}<|end_of_documents|>\n\n",
+            remove='"',
         ),
     ),
 )

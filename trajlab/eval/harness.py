@@ -30,6 +30,8 @@ from trajlab.config import ConfigError, opt, to_dict
 from trajlab.engines.base import Engine, SamplingParams
 from trajlab.eval.metrics import compute_metrics
 from trajlab.tools.base import Tool
+from trajlab.tools.kg import KGConfig
+from trajlab.tools.search import SearchConfig
 from trajlab.types import Example, RewardBreakdown, Trajectory, iter_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,13 @@ class EvalConfig:
     batch_size: int = opt(16, "trajectories rolled out together")
     out: str = opt("", "run directory (default: runs/eval-<time>)")
     progress: bool = opt(True, "show a progress bar")
+    prompt: str = opt(
+        "",
+        "prompt template name (tasks/prompts.py); empty: the protocol's own, e.g. tags_qa, qa_none",
+    )
     agent: AgentConfig = field(default_factory=AgentConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    kg: KGConfig = field(default_factory=KGConfig)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -77,12 +85,24 @@ class EvalConfig:
 Scorer = Callable[[Example, Trajectory], None]
 
 
-def make_scorer(reward_name: str) -> Scorer:
-    """A scorer sets trajectory.reward, .prediction and metadata['correct']."""
+def make_scorer(reward_name: str, retrieval: bool = False) -> Scorer:
+    """A scorer sets trajectory.reward, .prediction and metadata['correct'].
+
+    QA rewards predict with the QA extractor (last <answer>, its box if any). With
+    `retrieval`, it also sets metadata['retrieval_recall'] for examples that name
+    gold supporting titles (meta.supporting_titles).
+    """
     from trajlab.rewards import get_reward
     from trajlab.rewards.math import extract_answer, strip_code
+    from trajlab.rewards.qa import QA_REWARDS, extract_qa_answer, retrieval_recall
 
     reward_fn = get_reward(reward_name)
+    predict = (
+        (lambda t: extract_qa_answer(t.model_text))
+        if reward_name in QA_REWARDS
+        # The model's own final answer: code blocks (and what they print) never count.
+        else (lambda t: extract_answer(strip_code(t.model_text)))
+    )
 
     def score(example: Example, traj: Trajectory) -> None:
         r = reward_fn(example, traj)
@@ -93,28 +113,39 @@ def make_scorer(reward_name: str) -> Scorer:
         )
         traj.reward = rb
         if traj.prediction is None:
-            # The model's own final answer: code blocks (and what they print) never count.
-            traj.prediction = extract_answer(strip_code(traj.model_text))
+            traj.prediction = predict(traj)
         traj.metadata["correct"] = bool(rb.components.get("correct", rb.total > 0))
+        if retrieval:
+            recall = retrieval_recall(example, traj)
+            if recall is not None:
+                traj.metadata["retrieval_recall"] = recall
 
     return score
 
 
-def build_tools(names: list[str], agent: AgentConfig) -> dict[str, Tool]:
+def build_tools(
+    names: list[str],
+    agent: AgentConfig,
+    config: EvalConfig | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Tool]:
+    """Construct the named tools from trajlab.tools.TOOLS with their config sections.
+
+    `config` supplies `.search` and `.kg` (index directory, k, cache, ...); `tokenizer`
+    is the model's, for token-based truncation of search results.
+    """
+    from trajlab.tools import TOOLS
+
     tools: dict[str, Tool] = {}
     for name in names:
-        if name == "python":
-            from trajlab.tools.python import PythonTool
-
-            tools[name] = PythonTool()
-        else:
-            from trajlab.tools import TOOLS
-
-            if name not in TOOLS:
-                raise ConfigError(
-                    f"unknown tool {name!r}; available: {', '.join(['python', *TOOLS])}"
-                )
-            tools[name] = TOOLS[name]()
+        if name not in TOOLS:
+            raise ConfigError(f"unknown tool {name!r}; available: {', '.join(TOOLS)}")
+        try:
+            tools[name] = TOOLS[name](config=config, tokenizer=tokenizer, protocol=agent.protocol)
+        except (ValueError, FileNotFoundError) as e:
+            for t in tools.values():
+                t.close()
+            raise ConfigError(f"cannot start the {name} tool: {e}") from e
     return tools
 
 
@@ -139,7 +170,7 @@ def evaluate(
         )
     if config.limit:
         examples = examples[: config.limit]
-    scorer = scorer or make_scorer(config.reward)
+    scorer = scorer or make_scorer(config.reward, retrieval="search" in config.agent.tools)
     traj_path = out / "trajectories.jsonl"
     done = (
         {(t.example_id, t.sample_index) for t in iter_jsonl(traj_path)}
@@ -164,8 +195,23 @@ def evaluate(
             if engine is None:
                 engine = _load_engine(config)
             if tools is None:
-                tools = build_tools(config.agent.tools, config.agent)
-            loop = AgentLoop(engine, tools or {}, config.agent, sampling=config.sampling())
+                tools = build_tools(config.agent.tools, config.agent, config, engine.tokenizer)
+            prompt_builder = None
+            if config.prompt:
+                from trajlab.tasks.prompts import get_prompt, render_messages
+
+                get_prompt(config.prompt)  # an unknown name fails here, before any rollout
+
+                def prompt_builder(ex: Example) -> list[dict[str, str]]:
+                    return render_messages(ex, config.prompt)
+
+            loop = AgentLoop(
+                engine,
+                tools or {},
+                config.agent,
+                sampling=config.sampling(),
+                prompt_builder=prompt_builder,
+            )
             _roll_out(loop, jobs, scorer, traj_path, config)
         status = "done"
     except KeyboardInterrupt:

@@ -11,7 +11,13 @@ Correctness of a trajectory is `metadata["correct"]` (set by the scorer). Metric
   seen first; trajectories without a prediction do not vote); correct if the winning
   prediction was scored correct
 - tool statistics: tool-call rate (fraction of trajectories with a call), calls per
-  trajectory, tool error rate (failed calls / calls), calls by tool and by status
+  trajectory, tool error rate (failed calls / calls), calls by tool and by status, and
+  per tool (`tool_stats`): calls, calls per trajectory, error rate, mean and p50 latency
+- QA: `em`, `f1`, `cover_em`, means over trajectories whose reward reports them as
+  components (every reward in rewards/qa.py does); `retrieval_recall`, the mean of
+  metadata["retrieval_recall"] where the scorer set it (the fraction of gold
+  supporting titles the search tool returned), and `retrieval_all_found`, the
+  fraction of those trajectories that retrieved every gold title
 - lengths: response tokens (model + tool) and model tokens per trajectory
 - stop reasons: counts
 - throughput: model tokens per second of wall time
@@ -108,6 +114,19 @@ def compute_metrics(
     out["tool_calls_by_tool"] = dict(Counter(c.tool for c in calls))
     out["tool_calls_by_status"] = dict(Counter(c.status for c in calls))
     out["tool_latency_s_mean"] = _mean(c.latency_s for c in calls) if calls else 0.0
+    out["tool_stats"] = tool_stats(trajs)
+    for key in ("em", "f1", "cover_em"):
+        values = [
+            t.reward.components[key]
+            for t in trajs
+            if t.reward is not None and key in t.reward.components
+        ]
+        if values:
+            out[key] = _mean(values)
+    recalls = [t.metadata["retrieval_recall"] for t in trajs if "retrieval_recall" in t.metadata]
+    if recalls:
+        out["retrieval_recall"] = _mean(recalls)
+        out["retrieval_all_found"] = _mean(r >= 1.0 for r in recalls)
     out["response_tokens_mean"] = _mean(len(t.response_token_ids) for t in trajs)
     out["model_tokens_mean"] = _mean(t.num_model_tokens for t in trajs)
     out["turns_mean"] = _mean(t.metadata.get("turns", 0) for t in trajs)
@@ -120,6 +139,28 @@ def compute_metrics(
         out["wall_time_s"] = wall_time_s
         total_model = sum(t.num_model_tokens for t in trajs)
         out["model_tokens_per_s"] = total_model / wall_time_s if wall_time_s > 0 else 0.0
+    return out
+
+
+def tool_stats(trajs: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
+    """Per tool: calls, calls per trajectory, error rate, mean and median latency (s)."""
+    by_tool: dict[str, list[Any]] = defaultdict(list)
+    for t in trajs:
+        for c in t.tool_calls:
+            by_tool[c.tool].append(c)
+    out = {}
+    for tool in sorted(by_tool):
+        calls = by_tool[tool]
+        latencies = sorted(c.latency_s for c in calls)
+        mid = len(latencies) // 2
+        p50 = latencies[mid] if len(latencies) % 2 else (latencies[mid - 1] + latencies[mid]) / 2
+        out[tool] = {
+            "calls": len(calls),
+            "calls_per_trajectory": len(calls) / len(trajs),
+            "error_rate": _mean(not c.ok for c in calls),
+            "latency_s_mean": _mean(latencies),
+            "latency_s_p50": p50,
+        }
     return out
 
 

@@ -10,6 +10,11 @@ from typing import Any
 
 _HEADLINE = (
     ("accuracy", "accuracy (mean over samples)"),
+    ("em", "exact match (QA)"),
+    ("f1", "token F1 (QA)"),
+    ("cover_em", "cover exact match (QA)"),
+    ("retrieval_recall", "gold supporting titles retrieved (recall)"),
+    ("retrieval_all_found", "trajectories that retrieved every gold title"),
     ("answered_rate", "trajectories with an extracted answer"),
     ("tool_call_rate", "trajectories with a tool call"),
     ("tool_calls_per_trajectory", "tool calls per trajectory"),
@@ -54,6 +59,17 @@ def write_summary(path: Path, metrics: dict[str, Any], config: dict[str, Any]) -
             "Tool calls by status: "
             + ", ".join(f"{k} {v}" for k, v in sorted(metrics["tool_calls_by_status"].items()))
         )
+    if metrics.get("tool_stats"):
+        lines += [
+            "",
+            "| tool | calls | calls / trajectory | error rate | latency mean (s) | latency p50 (s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for tool, st in metrics["tool_stats"].items():
+            lines.append(
+                f"| {tool} | {st['calls']} | {_fmt(st['calls_per_trajectory'])} | "
+                f"{_fmt(st['error_rate'])} | {_fmt(st['latency_s_mean'])} | {_fmt(st['latency_s_p50'])} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 

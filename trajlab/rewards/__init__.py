@@ -48,6 +48,15 @@ from trajlab.rewards.math import (
     score_math,
     strip_code,
 )
+from trajlab.rewards.qa import (
+    QA_REWARDS,
+    cover_exact_match,
+    exact_match,
+    extract_qa_answer,
+    normalize_answer,
+    retrieval_recall,
+    token_f1,
+)
 from trajlab.types import Example, RewardBreakdown, Trajectory
 
 RewardFn = Callable[[Example, Trajectory], "float | RewardBreakdown"]
@@ -60,6 +69,9 @@ REWARDS: dict[str, RewardFn] = {
     "format_boxed": format_boxed,  # 1/0: a complete \boxed{} outside code
     "format_tags": format_tags,  # 1/0: Tool-Star's tags format check
     "tool_error_penalty": tool_error_penalty,  # -0.5 / 0 (ToRL's code penalty)
+    # QA (rewards/qa.py); each reports em, f1, cover_em and correct as components
+    **QA_REWARDS,  # qa_em, qa_f1, qa_cover_em, searchr1_em, r1searcher_stage1/2,
+    # r1spp_answer, r1spp_internal, toolstar_qa
 }
 
 
@@ -139,6 +151,13 @@ def combine(weights: Mapping[str, float]) -> Callable[[Example, Trajectory], Rew
 
 __all__ = [
     "EXTRACTION_METHODS",
+    "QA_REWARDS",
+    "cover_exact_match",
+    "exact_match",
+    "extract_qa_answer",
+    "normalize_answer",
+    "retrieval_recall",
+    "token_f1",
     "REWARDS",
     "RewardFn",
     "VerifyConfig",

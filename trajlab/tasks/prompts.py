@@ -15,6 +15,20 @@ Protocols (SEED_SPECS.md section 0):
 * `native`: the chat template's own tool-call format; the text only explains the task.
 * `none`: no tool; plain step-by-step reasoning with \\boxed{}.
 
+Question answering with search (QA_PROMPTS, SEED_SPECS.md sections 5.2, 6.1-6.3),
+found by `get_prompt` after PROMPTS:
+* `search_r1`: <search> query </search> answered by <information>, answer in
+  <answer> </answer> (Search-R1).
+* `r1_searcher`: <|begin_of_query|> keywords <|end_of_query|> answered by a
+  documents block, reasoning in <think>, answer in <answer> (R1-Searcher).
+* `r1_searcher_pp`: <internal> for what the model already knows, <external> for a
+  search answered by <document> (R1-Searcher++).
+* `tags_qa`: <search>, <python> and <kg> (entity | relation) answered by <result>,
+  final answer as <answer>\\boxed{...}</answer> (Tool-Star with a knowledge graph).
+* `qa_none`: no tool, answer in <answer> </answer> (the no-retrieval baseline).
+Their worked example is one search about a novel's author, its documents written
+the way tools/search.py formats passages for that protocol.
+
 Departures: the texts are our own, shorter than the papers' (the default model
 has 135M parameters and a short attention span). `few_shot` adds one tiny worked
 example as a previous user/assistant exchange; it is on by default for `code`
@@ -124,11 +138,121 @@ PROMPTS: dict[str, PromptTemplate] = {
 }
 
 
+_QA_QUESTION = "Who wrote the novel Nineteen Eighty-Four?"
+_QA_DOC_TITLE = "Nineteen Eighty-Four"
+_QA_DOC = (
+    "Nineteen Eighty-Four is a dystopian novel by the English writer George Orwell, "
+    "published in 1949."
+)
+_QA_RULES = (
+    "Keep queries short: a few keywords about one fact. "
+    "Give only the answer itself (a name, a date, a few words), not a sentence."
+)
+
+QA_PROMPTS: dict[str, PromptTemplate] = {
+    "search_r1": PromptTemplate(
+        protocol="search_r1",
+        system=(
+            "Answer the question. Reason inside <think> and </think> whenever you get new "
+            "information. If you lack a fact, search for it by writing <search> query </search>; "
+            "the top passages come back between <information> and </information>. You may search "
+            "several times. When you know the answer, write it inside <answer> and </answer>.\n"
+            + _QA_RULES
+        ),
+        user="Question: {question}",
+        example_question=_QA_QUESTION,
+        example_response=(
+            "<think>I need the author of Nineteen Eighty-Four.</think>\n"
+            "<search> Nineteen Eighty-Four novel author </search>\n\n"
+            f"<information>Doc 1(Title: {_QA_DOC_TITLE}) {_QA_DOC}\n</information>\n\n"
+            "<think>The passage says George Orwell wrote it.</think>\n"
+            "<answer> George Orwell </answer>"
+        ),
+        few_shot_default=True,
+    ),
+    "r1_searcher": PromptTemplate(
+        protocol="r1_searcher",
+        system=(
+            "Answer the question. Think inside <think> and </think>, then give the final answer "
+            "inside <answer> and </answer>. While thinking you can search by writing "
+            "<|begin_of_query|> keywords <|end_of_query|>; a query should ask about one fact only. "
+            "The results come back between <|begin_of_documents|> and <|end_of_documents|>.\n"
+            + _QA_RULES
+        ),
+        user="{question}",
+        example_question=_QA_QUESTION,
+        example_response=(
+            "<think>I need the author of Nineteen Eighty-Four. "
+            "<|begin_of_query|> Nineteen Eighty-Four author <|end_of_query|>\n\n"
+            f"<|begin_of_documents|>\n(1) {_QA_DOC_TITLE}\n{_QA_DOC}\n<|end_of_documents|>\n\n"
+            "The documents say George Orwell wrote it.</think>\n\n"
+            "<answer> George Orwell </answer>"
+        ),
+        few_shot_default=True,
+    ),
+    "r1_searcher_pp": PromptTemplate(
+        protocol="r1_searcher_pp",
+        system=(
+            "Answer the question. Think inside <think> and </think>. Put facts you already know "
+            "for sure inside <internal> and </internal>. For a fact you do not know, search by "
+            "writing <external> keywords </external>; the results come back between <document> "
+            "and </document>. Give the final answer inside <answer> and </answer>.\n" + _QA_RULES
+        ),
+        user="{question}",
+        example_question=_QA_QUESTION,
+        example_response=(
+            "<think><internal>Nineteen Eighty-Four is a novel.</internal> I am not sure who wrote "
+            "it.</think> <external> Nineteen Eighty-Four author </external>\n<document>\n"
+            f"{_QA_DOC_TITLE}\n{_QA_DOC}\n</document>\n"
+            "<think>George Orwell wrote it.</think>\n<answer> George Orwell </answer>"
+        ),
+        few_shot_default=True,
+    ),
+    "tags_qa": PromptTemplate(
+        protocol="tags",
+        system=(
+            "Answer the question. Think inside <think> and </think>. You have three tools; each "
+            "result comes back between <result> and </result>:\n"
+            "- <search> keywords </search> returns passages from Wikipedia;\n"
+            "- <kg> entity | relation </kg> returns facts as (subject; relation; object);\n"
+            "- <python> code </python> runs Python and returns what it prints.\n"
+            "Write the final answer as <answer>\\boxed{answer}</answer>.\n" + _QA_RULES
+        ),
+        user="{question}",
+        example_question=_QA_QUESTION,
+        example_response=(
+            "<think>I need the author of Nineteen Eighty-Four.</think>\n"
+            "<search> Nineteen Eighty-Four author </search> <result>\n"
+            f"{_QA_DOC_TITLE}\n{_QA_DOC}\n</result>\n"
+            "<think>The passage says George Orwell.</think>\n"
+            "<answer>\\boxed{George Orwell}</answer>"
+        ),
+        few_shot_default=True,
+    ),
+    "qa_none": PromptTemplate(
+        protocol="none",
+        system=(
+            "Answer the question. Think briefly inside <think> and </think>, then write the "
+            "answer inside <answer> and </answer>.\n" + _QA_RULES
+        ),
+        user="{question}",
+        example_question=_QA_QUESTION,
+        example_response=(
+            "<think>Nineteen Eighty-Four was written by George Orwell.</think>\n"
+            "<answer> George Orwell </answer>"
+        ),
+        few_shot_default=True,
+    ),
+}
+
+
 def get_prompt(protocol: str) -> PromptTemplate:
-    """The template of `protocol`; an unknown name lists the valid ones."""
-    if protocol not in PROMPTS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROMPTS)}")
-    return PROMPTS[protocol]
+    """The template named `protocol` (PROMPTS, then QA_PROMPTS); unknown names list the valid ones."""
+    if protocol in PROMPTS:
+        return PROMPTS[protocol]
+    if protocol in QA_PROMPTS:
+        return QA_PROMPTS[protocol]
+    raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join([*PROMPTS, *QA_PROMPTS])}")
 
 
 def render_messages(

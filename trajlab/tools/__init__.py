@@ -1,0 +1,59 @@
+"""Tools the model can call, picked by name from TOOLS.
+
+    from trajlab.tools import TOOLS
+    tool = TOOLS["search"](config=eval_config, tokenizer=tok, protocol="search_r1")
+    tool.run({"query": "capital of France"}); tool.close()
+
+Each entry is a factory `(config=None, tokenizer=None, protocol="") -> Tool`. `config`
+is any object with the sections a tool reads (`EvalConfig` has them): `.search`
+(SearchConfig, tools/search.py) and `.kg` (KGConfig, tools/kg.py); `tokenizer` is the
+model's, for token-based truncation; `protocol` picks the search result format.
+
+    python   run code in the sandbox (tools/python.py)
+    search   top-k passages from a local index or a web API (tools/search.py)
+    kg       triplets by entity and relation (tools/kg.py)
+
+Adding a tool: a class with `name`, `run(args) -> ToolResult` and `close()`
+(tools/base.py), one factory here, one test with a fake backend.
+
+Imports are lazy so that `import trajlab.tools` stays cheap (the agent loop imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from trajlab.tools.base import Tool, ToolResult
+
+
+def _python(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:
+    from trajlab.tools.python import PythonTool
+
+    return PythonTool()
+
+
+def _search(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:
+    from trajlab.tools.search import SearchConfig, SearchTool
+
+    cfg = getattr(config, "search", None) or SearchConfig()
+    return SearchTool.from_config(cfg, protocol=protocol or "search_r1", tokenizer=tokenizer)
+
+
+def _kg(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:
+    from trajlab.tools.kg import KGConfig, KGTool
+
+    cfg = getattr(config, "kg", None) or KGConfig()
+    search_index = getattr(getattr(config, "search", None), "search_index", "")
+    return KGTool.from_config(cfg, search_index=search_index)
+
+
+ToolFactory = Callable[..., Tool]
+
+TOOLS: dict[str, ToolFactory] = {
+    "python": _python,
+    "search": _search,
+    "kg": _kg,
+}
+
+__all__ = ["TOOLS", "Tool", "ToolFactory", "ToolResult"]
