@@ -96,3 +96,13 @@ def test_truncate_observation_keeps_head_and_tail():
     assert out.startswith("a" * 200) and out.endswith("b" * 200) and "truncated" in out
     assert truncate_observation("short", 400) == "short"
     assert truncate_observation(text, 0) == text
+
+
+def test_r1_searcher_drops_quotes_from_queries_and_keeps_the_last_opener():
+    p = get_protocol("r1_searcher")
+    text = '<|begin_of_query|> draft <|begin_of_query|> "Kiss and Tell" actress <|end_of_query|>'
+    a = p.parse(text, ["search"])
+    assert a.args == {"query": "Kiss and Tell actress"}
+    # other protocols keep quotes: they are part of the query
+    b = get_protocol("search_r1").parse('<search> "Kiss and Tell" </search>', ["search"])
+    assert b.args == {"query": '"Kiss and Tell"'}
