@@ -47,3 +47,10 @@ def tool_format_reward(example: Example, trajectory: Trajectory) -> float:
     closed = _longest_prefix_present(after, CLOSE) if after else 0
     ran = any(c.ok and c.status == "ok" for c in trajectory.tool_calls)
     return 0.25 * opened / len(OPEN) + 0.25 * closed / len(CLOSE) + 0.5 * float(ran)
+
+
+def token_variety_reward(example: Example, trajectory: Trajectory) -> float:
+    """Fraction of distinct model tokens: varies between any two random samples, so smoke
+    tests on a random model get non-zero advantages (correctness rewards are all 0 there)."""
+    ids = [t for s in trajectory.segments if s.source == "model" for t in s.token_ids]
+    return len(set(ids)) / len(ids) if ids else 0.0
