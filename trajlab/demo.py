@@ -1,6 +1,6 @@
 """The demo: the default model (SmolLM2-135M-Instruct) learns to use the Python tool.
 
-    python -m trajlab.demo              # what `make demo` runs; ~15-20 minutes on a 2-core CPU
+    python -m trajlab.demo              # what `make demo` runs (timing: see docs/training.md)
     python -m trajlab.demo --quick      # a few-minute version with smaller numbers
 
 Task: `arith`, multi-digit arithmetic (products and sums of 4-6 digit numbers, some as
@@ -189,17 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trajlab.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--eval-size", type=int, default=60, help="held-out questions per evaluation")
+    p.add_argument("--eval-size", type=int, default=40, help="held-out questions per evaluation")
     p.add_argument(
         "--sft-size", type=int, default=96, help="teacher trajectories for the cold start"
     )
-    p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--rl-steps", type=int, default=6)
+    p.add_argument("--sft-epochs", type=int, default=1)
+    p.add_argument("--rl-steps", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small numbers: a few minutes, noisier")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = p.parse_args(argv)
     if args.quick:
-        args.eval_size, args.sft_size, args.sft_epochs, args.rl_steps = 20, 48, 2, 2
+        args.eval_size, args.sft_size, args.sft_epochs, args.rl_steps = 20, 24, 1, 1
 
     import torch
 

@@ -165,7 +165,7 @@ def sft(
                 else:
                     loss, _ = sft_loss(model, micro, pad_id, tokens)
                 loss.backward()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
             max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
             norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             optimizer.step()
