@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
     p.add_argument("--eval-size", type=int, default=40, help="held-out questions per evaluation")
     p.add_argument(
-        "--sft-size", type=int, default=96, help="teacher trajectories for the cold start"
+        "--sft-size", type=int, default=48, help="teacher trajectories for the cold start"
     )
     p.add_argument("--sft-epochs", type=int, default=1)
     p.add_argument("--rl-steps", type=int, default=3)
