@@ -264,6 +264,7 @@ def test_overlays_and_void_turn_filter(tiny_model_dir, tmp_path):
     assert r["optimizer_steps"] >= 1 and r["grad_norm"] > 0
 
 
+@pytest.mark.smoke
 def test_every_recipe_runs_one_step(tiny_model_dir, tmp_path):
     """Each configs/*.yaml, shrunk to the tiny model, runs a step end to end."""
     from pathlib import Path
