@@ -25,6 +25,14 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trajlab.cli", "evaluate a model on a task with or without tools"),
     "model": ("trajlab.cli", "prepare or inspect models (e.g. convert the default model once)"),
+    "train": (
+        "trajlab.train.cli",
+        "reinforcement learning from a YAML recipe (resumes an existing run)",
+    ),
+    "sft": (
+        "trajlab.train.sft",
+        "supervised fine-tuning on trajectories JSONL (cold start; tool output never trained)",
+    ),
     "index": ("trajlab.retrieval.cli", "build a BM25, dense or hybrid index over a JSONL corpus"),
     "view": ("trajlab.viewer.cli", "open the trajectory viewer over run directories"),
 }

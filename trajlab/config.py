@@ -83,6 +83,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `1e-6` as a string; accept it as everyone writes it.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

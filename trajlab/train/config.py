@@ -27,10 +27,8 @@ What this module does not do: run anything. See rl.py for the loop and docs/trai
 from __future__ import annotations
 
 import re
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from trajlab.agent.loop import AgentConfig
 from trajlab.algos.advantages import ADVANTAGES
@@ -329,36 +327,10 @@ class SFTConfig:
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def fix_scientific_floats(cls: type, data: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads `1e-6` as the string '1e-6'; turn such strings into floats
-    where the dataclass field is a float, so `optim.lr=1e-6` works as everyone writes it."""
-    if not isinstance(data, dict) or not is_dataclass(cls):
-        return data
-    hints = typing.get_type_hints(cls)
-    out = dict(data)
-    for f in fields(cls):
-        if f.name not in out:
-            continue
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            out[f.name] = fix_scientific_floats(tp, out[f.name])
-        elif float in (tp, *typing.get_args(tp)) and isinstance(out[f.name], str):
-            if _SCI.match(out[f.name].strip()):
-                out[f.name] = float(out[f.name])
-        elif typing.get_origin(tp) is dict and isinstance(out[f.name], dict):
-            args = typing.get_args(tp)
-            if len(args) == 2 and args[1] is float:
-                out[f.name] = {
-                    k: float(v) if isinstance(v, str) and _SCI.match(v.strip()) else v
-                    for k, v in out[f.name].items()
-                }
-    return out
-
-
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """A validated TrainConfig from a YAML file (or defaults) plus `key=value` overrides."""
     data = load_yaml(path) if path else {}
-    data = fix_scientific_floats(TrainConfig, apply_overrides(data, overrides or []))
+    data = apply_overrides(data, overrides or [])
     try:
         return from_dict(TrainConfig, data)
     except ConfigError as e:
@@ -368,5 +340,5 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
 
 def load_sft_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
     data = load_yaml(path) if path else {}
-    data = fix_scientific_floats(SFTConfig, apply_overrides(data, overrides or []))
+    data = apply_overrides(data, overrides or [])
     return from_dict(SFTConfig, data)
