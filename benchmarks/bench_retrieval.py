@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from trajlab.retrieval import load_index  # noqa: E402
 from trajlab.retrieval.corpus import read_corpus  # noqa: E402
+from trajlab.retrieval.dense import query_threads  # noqa: E402
 from trajlab.retrieval.hybrid import HybridConfig, HybridIndex  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "wiki_passages.jsonl"
@@ -317,11 +318,12 @@ def main() -> int:
         }
         indexes[kind] = index
     if "dense" in indexes:
-        encoder = indexes["dense"].encoder
-        res["dense"]["encode"] = latencies(lambda q: encoder.encode([q]), queries)
-        res["dense"]["faiss_full"] = faiss_search_only(
-            builds["bm25"]["rows"], encoder.dim, len(queries)
-        )
+        encoder, threads = indexes["dense"].encoder, indexes["dense"].config.query_threads
+        with query_threads(threads):  # as DenseIndex does for its queries
+            res["dense"]["encode"] = latencies(lambda q: encoder.encode([q]), queries)
+            res["dense"]["faiss_full"] = faiss_search_only(
+                builds["bm25"]["rows"], encoder.dim, len(queries)
+            )
     if dense_subset:
         res["dense"]["recall"] = None  # gold passages may lie outside the subset
     if "dense" in indexes and not dense_subset:

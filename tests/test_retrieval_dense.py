@@ -122,15 +122,17 @@ def test_hybrid_returns_planted_passage_and_fuses_by_rrf(encoder, corpus_file, t
 
 
 def test_query_threads_apply_only_while_embedding_queries():
+    import faiss
     import torch
 
-    from trajlab.retrieval.dense import torch_threads
+    from trajlab.retrieval.dense import query_threads
 
-    before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with torch_threads(0):
-        assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    with query_threads(1):
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    assert torch.get_num_threads() == 2 and faiss.omp_get_max_threads() == 2
+    with query_threads(0):
+        assert torch.get_num_threads() == 2
     with pytest.raises(ValueError, match="query_threads"):
         DenseConfig(query_threads=-1)
