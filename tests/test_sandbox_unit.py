@@ -160,6 +160,17 @@ def test_covers():
     assert not sb._covers("/work/main/trajlab", ["/work/main/.venv"])
 
 
+def test_shadowed_by_scratch_picks_interpreter_dirs_under_the_scratch_mounts():
+    dirs = ["/usr", "/tmp/ci-1/main/.venv", "/var/tmp/py/", "/tmpfoo/.venv", "/dev/shm/v",
+            "/sandbox/venv", "/root/.pyenv/versions/3.11.9"]  # fmt: skip
+    assert zy.shadowed_by_scratch(dirs, minimal=False) == [
+        "/tmp/ci-1/main/.venv", "/var/tmp/py", "/dev/shm/v"
+    ]  # fmt: skip
+    assert zy.shadowed_by_scratch(dirs, minimal=True)[-1] == "/sandbox/venv"
+    # a scratch directory itself is never bound back: that would expose all of the host's /tmp
+    assert zy.shadowed_by_scratch(["/tmp", "/tmp/", "/var/tmp", "/dev/shm"], minimal=True) == []
+
+
 @pytest.mark.sandbox
 @pytest.mark.skipif(
     os.geteuid() != 0 or not __import__("shutil").which("setpriv"), reason="needs root and setpriv"

@@ -590,7 +590,8 @@ class SandboxPool:
             os.path.expanduser("~"),
             *cfg.hidden_paths,
         ]
-        binds = _bind_paths(self.python) if cfg.minimal_root else []
+        interpreter = _bind_paths(self.python)
+        binds = interpreter if cfg.minimal_root else []
         return {
             "slot": s.index,
             "uid": uid,
@@ -614,6 +615,8 @@ class SandboxPool:
             ],
             "allow_loopback": cfg.allow_loopback,
             "binds": binds,
+            # a venv under /tmp or /var/tmp: bound back over each sandbox's fresh tmpfs
+            "interpreter_dirs": zy.shadowed_by_scratch(interpreter, minimal=True),
             "etc": [f"/etc/{e}" for e in _ETC if os.path.exists(f"/etc/{e}")],
             "preload": list(cfg.preload),
             "session_idle_s": cfg.session_idle_s,
@@ -1042,7 +1045,8 @@ def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
     )
     L["tmpfs_scratch"] = Layer(
         steps.get("tmpfs") == "ok",
-        f"cwd {p.get('cwd')} ({p.get('cwd_bytes', -1) >> 20} MiB tmpfs), /tmp, /var/tmp, /dev/shm",
+        f"cwd {p.get('cwd')} ({p.get('cwd_bytes', -1) >> 20} MiB tmpfs), /tmp, /var/tmp, /dev/shm"
+        + (f"; bound back read-only: {p['rebound']}" if p.get("rebound") else ""),
         "needs a mount namespace",
     )
     visible = p.get("hidden_paths_visible", [])
@@ -1075,14 +1079,15 @@ def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
         p.get("no_new_privs") == "1", f"NoNewPrivs {p.get('no_new_privs')}", "report a bug"
     )
     exe_ok = bool(p.get("executable_ok")) and p.get("interpreter_exec") == "ok"
+    rebind = p.get("rebind_errors")
     L["interpreter_usable"] = Layer(
         exe_ok,
-        f"{p.get('executable')}: {p.get('interpreter_exec')}",
+        f"{p.get('executable')}: {p.get('interpreter_exec')}"
+        + (f"; not bound back over the scratch tmpfs: {rebind}" if rebind else ""),
         f"the sandbox uid cannot execute {pool.python} or read its prefix: create the venv "
         "from a system-wide interpreter (/usr/bin/python3 -m venv /opt/trajlab-venv) or "
-        "make each parent directory o+rx (a mode-0700 home such as /root blocks it; the "
-        "minimal root works around that, but not for an interpreter under /tmp, /var/tmp or "
-        "/dev/shm, which the sandbox's private scratch mounts hide)",
+        "make each parent directory o+rx (a mode-0700 parent such as /root or a mktemp "
+        "directory blocks it; the minimal root works around that)",
     )
     writable = p.get("writable_sys_path", [])
     L["site_packages_readonly"] = Layer(

@@ -112,7 +112,7 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 0x1, 0x2
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SETUP_FAIL = 121  # exit code of C1/C2 when a required layer could not be applied
 
@@ -429,6 +429,7 @@ def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
     zygote's privileges, lets a mode-0700 parent such as /root not block a bind (pitfall
     8); copied into each sandbox's less-privileged namespace, these mounts are locked:
     the sandbox can neither make them writable nor unmount them to look underneath."""
+    os.umask(0o022)  # the sandbox uid must be able to traverse the directories made here
     if os.geteuid() != 0:  # unprivileged: a user namespace of our own gives mount rights
         uid, gid = os.getuid(), os.getgid()
         unshare(CLONE_NEWUSER | CLONE_NEWNS)
@@ -483,19 +484,83 @@ def _enter_root(root: str) -> None:
     mount_setattr_recursive("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
 
 
-def _mount_scratch(minimal: bool, sizes: dict) -> str:
-    """Size-capped tmpfs on every writable place; returns the working directory."""
-    flags = MS_NOSUID | MS_NODEV
-    mount("tmpfs", "/tmp", "tmpfs", flags, f"size={sizes['tmp']},mode=1777")
-    if os.path.isdir("/var/tmp"):
-        mount("tmpfs", "/var/tmp", "tmpfs", flags, f"size={sizes['var_tmp']},mode=1777")
-    if os.path.isdir("/dev/shm"):
-        mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={sizes['shm']},mode=1777")
-    if minimal:
-        mount("tmpfs", "/sandbox", "tmpfs", flags, f"size={sizes['cwd']},mode=0700")
-        return "/sandbox"
-    os.mkdir("/tmp/sandbox", 0o700)
-    return "/tmp/sandbox"
+# Host directories that every sandbox covers with a fresh tmpfs of its own.
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+MINIMAL_CWD = "/sandbox"  # the working directory's tmpfs in the minimal root
+
+
+def shadowed_by_scratch(paths: list[str], minimal: bool) -> list[str]:
+    """The paths (the interpreter's directories) that a sandbox's scratch tmpfs mounts
+    would hide: strictly below /tmp, /var/tmp, /dev/shm, or /sandbox in the minimal root.
+    A scratch directory itself is never returned: binding it back would expose all of it."""
+    tops = SCRATCH_DIRS + ((MINIMAL_CWD,) if minimal else ())
+    out = []
+    for p in paths:
+        p = os.path.normpath(p)
+        if any(p.startswith(t + "/") for t in tops) and p not in out:
+            out.append(p)
+    return out
+
+
+def _mount_scratch(minimal: bool, sizes: dict, keep: list[str]) -> tuple[str, list, list]:
+    """Size-capped tmpfs on every writable place; returns the working directory, the
+    directories of `keep` bound back and the errors of those that could not be.
+
+    `keep` lists interpreter directories (a venv under /tmp, say) that these mounts would
+    shadow. Each is held by an O_PATH descriptor before the tmpfs covers it, and after
+    the mounts is bound back (recursive, read-only, nosuid, nodev) at its own path, on
+    directories created for it in the fresh tmpfs. So /tmp shows only the path down to
+    the venv, and the host's other files under /tmp stay hidden. Best effort: a directory
+    that cannot be held or bound stays hidden, and the self-check's interpreter probe
+    reports it."""
+    held, bound, errors = [], [], []
+    for path in keep:
+        try:
+            held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror}")
+    try:
+        flags = MS_NOSUID | MS_NODEV
+        mount("tmpfs", "/tmp", "tmpfs", flags, f"size={sizes['tmp']},mode=1777")
+        if os.path.isdir("/var/tmp"):
+            mount("tmpfs", "/var/tmp", "tmpfs", flags, f"size={sizes['var_tmp']},mode=1777")
+        if os.path.isdir("/dev/shm"):
+            mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={sizes['shm']},mode=1777")
+        if minimal:
+            mount("tmpfs", MINIMAL_CWD, "tmpfs", flags, f"size={sizes['cwd']},mode=0700")
+            cwd = MINIMAL_CWD
+        else:
+            os.mkdir("/tmp/sandbox", 0o700)
+            cwd = "/tmp/sandbox"
+        for path, fd in held:
+            try:
+                _bind_back(fd, path)
+                bound.append(path)
+            except OSError as e:
+                errors.append(f"{path}: {e}")
+    finally:
+        for _, fd in held:
+            os.close(fd)
+    return cwd, bound, errors
+
+
+def _bind_back(fd: int, path: str) -> None:
+    """Bind the directory held by `fd` at `path`, read-only, nosuid and nodev."""
+    parts = path.strip("/").split("/")
+    d = ""
+    for part in parts:  # 0755 whatever the umask; owned by the sandbox uid, in its own tmpfs
+        d += "/" + part
+        if not os.path.isdir(d):
+            os.mkdir(d)
+            os.chmod(d, 0o755)
+    # MS_REC: the held mount may carry locked child mounts, which a plain bind refuses.
+    mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    try:
+        mount_setattr_recursive(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _loopback_up() -> None:
@@ -607,7 +672,7 @@ def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
             steps.log["minimal_root"] = z.root_error
         if not minimal:
             steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        if steps("tmpfs", _set_cwd_holder, minimal, z.sizes):
+        if steps("tmpfs", _set_cwd_holder, minimal, z.sizes, z.keep_visible):
             cwd = _CWD[0]
         steps("hostname", _sethostname, b"sandbox")
         if z.allow_loopback:
@@ -651,10 +716,13 @@ def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
 
 
 _CWD: list[str] = []
+_REBOUND: dict[str, list[str]] = {"bound": [], "errors": []}
 
 
-def _set_cwd_holder(minimal: bool, sizes: dict) -> None:
-    _CWD[:] = [_mount_scratch(minimal, sizes)]
+def _set_cwd_holder(minimal: bool, sizes: dict, keep: list[str]) -> None:
+    cwd, bound, errors = _mount_scratch(minimal, sizes, shadowed_by_scratch(keep, minimal))
+    _CWD[:] = [cwd]
+    _REBOUND.update(bound=bound, errors=errors)
 
 
 def _sethostname(name: bytes) -> None:
@@ -831,6 +899,7 @@ def _probe_inside(z: Zygote, steps: Steps, cwd: str, minimal: bool) -> None:
         r["proc_environ_keys"] = f"unreadable: {e}"
     r["hidden_paths_visible"] = [p for p in z.hidden_paths if os.path.exists(p)]
     r["executable"] = sys.executable
+    r["rebound"], r["rebind_errors"] = _REBOUND["bound"], _REBOUND["errors"]
     r["executable_ok"] = os.access(sys.executable, os.X_OK)
     writable = []
     for p in sys.path:
@@ -896,6 +965,8 @@ class Zygote:
         self.stage_dir = cfg["stage_dir"]
         self.child_env = cfg["child_env"]
         self.hidden_paths = cfg.get("hidden_paths", [])
+        # interpreter directories to bind back over the scratch tmpfs mounts (a venv in /tmp)
+        self.keep_visible = cfg.get("interpreter_dirs", [])
         self.allow_loopback = bool(cfg.get("allow_loopback"))
         self.root_ready, self.root_error = False, "not requested"
         self.seccomp = None
