@@ -590,6 +590,17 @@ def test_34_crashes_then_slot_works(pool):
     assert run(pool, "print('next')").stdout == "next\n"
 
 
+def _interpreter_entries(scratch: str) -> list[str]:
+    """What a fresh scratch dir shows: nothing, except the first path component of an
+    interpreter prefix under it (a venv in /tmp, bound back read-only by the sandbox)."""
+    names = set()
+    for p in (sys.prefix, sys.base_prefix):
+        for q in (os.path.abspath(p), os.path.realpath(p)):
+            if q.startswith(scratch + "/"):
+                names.add(q[len(scratch) + 1 :].split("/")[0])
+    return sorted(names)
+
+
 def test_35_no_state_between_runs(pool):
     poison = (
         "import builtins, json, os\nbuiltins.print = lambda *a, **k: None\njson.dumps = lambda *a, **k: 'POISON'\n"
@@ -599,9 +610,10 @@ def test_35_no_state_between_runs(pool):
     for _ in range(pool.slots):  # whichever slot ran A, every slot is clean
         r = run(
             pool,
-            "import json, os\nprint(json.dumps([1]))\nprint([os.listdir(d) for d in ('.', '/tmp', '/dev/shm')])",
+            "import json, os\nprint(json.dumps([1]))\nprint([sorted(os.listdir(d)) for d in ('.', '/tmp', '/dev/shm')])",
         )
-        assert r.stdout == "[1]\n[[], [], []]\n", r.stdout
+        fresh = [[], _interpreter_entries("/tmp"), _interpreter_entries("/dev/shm")]
+        assert r.stdout == f"[1]\n{fresh}\n", r.stdout
 
 
 def _grade(r: SandboxResult, expected: str) -> bool:
