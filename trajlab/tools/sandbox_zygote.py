@@ -11,6 +11,7 @@ frames on its stdin and answers on its stdout. For every run it forks:
                             → uid/gid map ─ fork C2 (pid 1 of the new pid namespace)
                                   → private mounts, minimal read-only root (pivot_root), fresh
                                     procfs, size-capped tmpfs cwd//tmp//var/tmp//dev/shm
+                                    (a venv under them is bound back read-only)
                                   → fds 0=/dev/null 1,2=pipes, all others closed; rlimits; env
                                   → caps and bounding set dropped, NO_NEW_PRIVS, seccomp (last)
                                   → exec(compile(code)) in a fresh __main__
