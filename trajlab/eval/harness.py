@@ -271,7 +271,9 @@ def _load_engine(config: EvalConfig) -> Engine:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
     model = load_model(config.model, dtype=dtype)
     tok = load_tokenizer(config.model)
-    return HFEngine(model, tok)
+    # Decoding on CPU is bound by reading the weights once per step, so a whole harness
+    # batch decodes together rather than in the engine's default chunks.
+    return HFEngine(model, tok, max_batch_size=config.batch_size)
 
 
 def _prepare_run_dir(out: Path, cfg: dict[str, Any], argv: list[str] | None) -> None:
