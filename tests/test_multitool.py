@@ -82,7 +82,7 @@ def check_mixed_trajectory(t, tokenizer):
     assert calls == [("search", "ok"), ("kg", "ok"), ("search", "limit"), ("python", "ok")]
     search, kg, limited, python = t.tool_calls
     assert search.result.startswith("Animal Farm\nAnimal Farm is a novella by George Orwell")
-    assert [h["title"] for h in search.args["retrieved"]["hits"]] == [
+    assert [h["title"] for h in search.metadata["retrieved"]["hits"]] == [
         "Animal Farm",
         "George Orwell",
     ]

@@ -240,7 +240,9 @@ def test_retrieval_recall_reads_hits_recorded_by_the_search_tool():
         ("model", "x"),
         calls=[
             ToolCall(
-                "search", {"query": "a", "retrieved": hits("nineteen  eighty-four", "Animal Farm")}
+                "search",
+                {"query": "a"},
+                metadata={"retrieved": hits("nineteen  eighty-four", "Animal Farm")},
             ),
             ToolCall("python", {"code": "print(1)"}),
         ],

@@ -85,22 +85,22 @@ def test_every_search_protocol_round_trips_through_the_tool(protocol, call):
     fmt = PROTOCOL_FORMATS[protocol]
     tool = SearchTool(FakeRetriever(PASSAGES), k=2, fmt=fmt)
     result = tool.run(action.args)
+    assert "retrieved" not in action.args  # the call's args stay what the model wrote
     rendered = p.render_result("search", result.output)
     pre, post = p.render_result("search", "\x00").split("\x00")
     assert rendered.startswith(pre) and rendered.endswith(post)
     inner = rendered[len(pre) : len(rendered) - len(post)]
     expected = [
-        (h["title"], PASSAGES[int(h["id"][1:]) - 1].text) for h in action.args["retrieved"]["hits"]
+        (h["title"], PASSAGES[int(h["id"][1:]) - 1].text)
+        for h in result.metadata["retrieved"]["hits"]
     ]
     assert parse_documents(inner, fmt) == expected
     assert [t for t, _ in expected] == ["Nineteen Eighty-Four", "Animal Farm"]
 
 
-def test_hits_are_recorded_on_the_call_args():
+def test_hits_are_recorded_in_the_result_metadata():
     tool = SearchTool(FakeRetriever(PASSAGES, index_version="v7"), k=2)
-    args = {"query": "Orwell novel"}
-    tool.run(args)
-    rec = args["retrieved"]
+    rec = tool.run({"query": "Orwell novel"}).metadata["retrieved"]
     assert rec["index_version"] == "v7" and rec["cache"] == "off"
     assert [h["id"] for h in rec["hits"]] == ["p1", "p2"]
     assert set(rec["hits"][0]) == {"id", "title", "rank", "score"}
@@ -142,8 +142,9 @@ def test_cache_replays_identically_without_the_backend(tmp_path):
     dead = CountingRetriever([], index_version="v1")  # would find nothing if asked
     replay = SearchTool(dead, k=2, cache=ResultCache(tmp_path, "replay"))
     args = [{"query": q} for q in queries]
-    assert [replay.run(a).output for a in args] == first
-    assert dead.calls == 0 and all(a["retrieved"]["cache"] == "hit" for a in args)
+    results = [replay.run(a) for a in args]
+    assert [r.output for r in results] == first
+    assert dead.calls == 0 and all(r.metadata["retrieved"]["cache"] == "hit" for r in results)
     lines = (tmp_path / "search_cache.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["query"] == "orwell novel"
 
@@ -191,9 +192,9 @@ def test_search_tool_from_config_on_a_bm25_index(bm25_dir, tmp_path):
     cfg = SearchConfig(search_index=str(bm25_dir), search_k=2, search_cache_dir=str(tmp_path))
     tool = SearchTool.from_config(cfg, protocol="r1_searcher")
     args = {"query": "Huxley Brave New World"}
-    out = tool.run(args).output
-    assert out.startswith("(1) Brave New World\n")
-    assert args["retrieved"]["index_version"].startswith("bm25-")
+    result = tool.run(args)
+    assert result.output.startswith("(1) Brave New World\n")
+    assert result.metadata["retrieved"]["index_version"].startswith("bm25-")
     # Replay mode reads only manifest.json for the version and never loads the index.
     replay = SearchTool.from_config(
         SearchConfig(
@@ -204,7 +205,7 @@ def test_search_tool_from_config_on_a_bm25_index(bm25_dir, tmp_path):
         ),
         protocol="r1_searcher",
     )
-    assert replay.run({"query": "huxley brave new world"}).output == out
+    assert replay.run({"query": "huxley brave new world"}).output == result.output
     assert replay.backend._retriever is None
 
 
@@ -272,10 +273,11 @@ def test_web_backend_against_a_local_stub(stub_url, monkeypatch, tmp_path):
     )
     tool = SearchTool.from_config(cfg, protocol="search_r1")
     args = {"query": "Orwell"}
-    out = tool.run(args).output
+    result = tool.run(args)
+    out = result.output
     assert out == "Doc 1(Title: T0) about orwell 0\nDoc 2(Title: T1) about orwell 1\n"
     assert _Stub.seen == [({"query": "orwell", "k": 2}, "Bearer sekret")]
-    assert args["retrieved"]["index_version"].startswith("web-127.0.0.1:")
+    assert result.metadata["retrieved"]["index_version"].startswith("web-127.0.0.1:")
     assert "sekret" not in (tmp_path / "search_cache.jsonl").read_text()
     with pytest.raises(WebSearchError, match="results"):
         tool.run({"query": "broken"})

@@ -111,6 +111,9 @@ class ToolCall:
     error: str | None = None
     status: str = "ok"
     turn: int = 0  # index of the model turn that made the call
+    metadata: dict[str, Any] = field(
+        default_factory=dict
+    )  # tool-specific records, e.g. retrieved hits
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ToolCall:

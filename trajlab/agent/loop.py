@@ -363,6 +363,7 @@ class AgentLoop:
                     error=result.error,
                     status=result.status,
                     turn=e.turns,
+                    metadata=dict(result.metadata),
                 )
             )
             self._append_observation(e, action.tool or "?", result.output)

@@ -59,7 +59,7 @@ Method rewards (SEED_SPECS.md section 5.4, 6.1-6.3):
 
 Retrieval recall (`retrieval_recall`) is not a reward: the fraction of the example's
 gold supporting titles (meta.supporting_titles) among the titles the search tool
-returned in the trajectory (ToolCall.args["retrieved"], tools/search.py).
+returned in the trajectory (ToolCall.metadata["retrieved"], tools/search.py).
 
 What it does not do: LLM-as-judge scoring, or Search-R1's format-shaped variant
 (qa_em_format: its validity check is not in the specs).
@@ -344,7 +344,7 @@ def retrieved_titles(trajectory: Trajectory) -> list[str]:
     """Titles the search tool returned in this trajectory, in call and rank order."""
     out = []
     for c in trajectory.tool_calls:
-        for h in (c.args.get("retrieved") or {}).get("hits", []):
+        for h in (c.metadata.get("retrieved") or {}).get("hits", []):
             out.append(h["title"])
     return out
 

@@ -12,7 +12,7 @@ broken tool (a dead sandbox pool, a missing index) raises.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -23,6 +23,9 @@ class ToolResult:
     status: str = "ok"  # ok | error | timeout | output_limit | bad_args | ...
     error: str | None = None
     latency_s: float = 0.0
+    metadata: dict[str, Any] = field(
+        default_factory=dict
+    )  # structured records kept on the ToolCall
 
 
 @runtime_checkable

@@ -33,11 +33,10 @@ Pieces, each replaceable:
 Queries are normalised (whitespace collapsed, case folded) and the backend is asked
 the normalised query, so a cached answer and a fresh search always agree.
 
-Where the hits are recorded: the tool adds `args["retrieved"] = {"hits": [{id, title,
-rank, score}], "cache": hit|miss|off, "index_version": ...}` to the args dict it was
-called with. The agent loop stores that same dict as `ToolCall.args`, which is how
-`trajlab.rewards.qa.retrieval_recall` finds the retrieved titles. (ToolResult and
-ToolCall have no metadata field; if they gain one, this should move there.)
+Where the hits are recorded: `ToolResult.metadata["retrieved"] = {"hits": [{id, title,
+rank, score}], "cache": hit|miss|off, "index_version": ...}`. The agent loop keeps it as
+`ToolCall.metadata`, which is where `trajlab.rewards.qa.retrieval_recall` finds the
+retrieved titles; the call's args stay exactly what the model asked.
 
 What this module does not do: build indexes (trajlab/retrieval), rerank, or rewrite
 queries. The web backend does not scrape pages; it expects a JSON search API.
@@ -443,7 +442,7 @@ class SearchTool:
                 error="empty query",
             )
         hits, source = self.search(query)
-        args["retrieved"] = {
+        retrieved = {
             "hits": [
                 {"id": h.id, "title": h.title, "rank": h.rank, "score": h.score} for h in hits
             ],
@@ -459,7 +458,13 @@ class SearchTool:
         text = truncate_chars(text, self.max_chars)
         if self.max_tokens:
             text = truncate_tokens(text, self.max_tokens, self.tokenizer)
-        return ToolResult(output=text, ok=True, status=status, latency_s=time.perf_counter() - t0)
+        return ToolResult(
+            output=text,
+            ok=True,
+            status=status,
+            latency_s=time.perf_counter() - t0,
+            metadata={"retrieved": retrieved},
+        )
 
     def close(self) -> None:
         pass
