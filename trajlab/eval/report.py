@@ -38,7 +38,11 @@ def write_summary(path: Path, metrics: dict[str, Any], config: dict[str, Any]) -
         "",
         f"- model: `{config.get('model')}`",
         f"- task: `{config.get('task')}` ({metrics.get('num_examples', 0)} examples x {metrics.get('samples_per_example', 0)} samples)",
-        f"- tools: {', '.join(agent.get('tools', [])) or 'none'}; protocol: `{agent.get('protocol')}`",
+        (
+            f"- tools: {', '.join(agent['tools'])}; protocol: `{agent.get('protocol')}`"
+            if agent.get("tools")
+            else "- tools: none (plain reasoning)"
+        ),
         f"- sampling: temperature {config.get('temperature')}, top-p {config.get('top_p')}, seed {config.get('seed')}",
         "",
         "| metric | value |",
