@@ -152,7 +152,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         f"{m.get('num_trajectories', 0)} trajectories | {m.get('wall_time_s', 0):.0f}s"
     )
     print(f"run written to {m['run_dir']} (summary.md, metrics.json, trajectories.jsonl)")
-    print(f"open it with: trajlab view {m['run_dir']}")
+    print(f"open it with: {trajlab_command()} view {m['run_dir']}")
     return 0
 
 
@@ -188,6 +188,22 @@ def _run_model(args: argparse.Namespace) -> int:
         f"{type(model).__name__}: {n / 1e6:.1f}M parameters, {model.config.num_hidden_layers} layers, vocab {model.config.vocab_size}"
     )
     return 0
+
+
+def trajlab_command() -> str:
+    """How to run `trajlab` from here: plain `trajlab` when it is on PATH, else the venv's path."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "trajlab"
+    on_path = shutil.which("trajlab")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "trajlab"
+    try:
+        return os.path.relpath(exe) if exe.exists() else "trajlab"
+    except ValueError:
+        return str(exe)
 
 
 _LOCAL = {"eval": (_configure_eval, _run_eval), "model": (_configure_model, _run_model)}

@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     say(f"run written to {out}")
-    say(f"open it with: trajlab view {out / 'rl'} {out / 'eval_base'} {out / 'eval_rl'}")
+    from trajlab.cli import trajlab_command
+
+    say(
+        f"open it with: {trajlab_command()} view {out / 'rl'} {out / 'eval_base'} {out / 'eval_rl'}"
+    )
     return 0
 
 

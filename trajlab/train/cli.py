@@ -53,7 +53,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     result = train(config, argv=["trajlab", "train", *sys.argv[2:]])
     print(f"run written to {result['run_dir']} (metrics.jsonl, trajectories/, checkpoints/)")
-    print(f"open it with: trajlab view {result['run_dir']}")
+    from trajlab.cli import trajlab_command
+
+    print(f"open it with: {trajlab_command()} view {result['run_dir']}")
     return 0
 
 
