@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.config import ConfigError, opt, to_dict
 from trajlab.engines.base import Engine, SamplingParams
 from trajlab.eval.metrics import compute_metrics
+from trajlab.rundir import update_run_json, write_run_json
 from trajlab.tools.base import Tool
 from trajlab.tools.kg import KGConfig
 from trajlab.tools.search import SearchConfig
@@ -220,7 +220,7 @@ def evaluate(
         raise
     finally:
         wall = elapsed_before + (time.perf_counter() - t0)
-        _update_run_json(out, status=status, wall_time_s=wall)
+        update_run_json(out, status=status, wall_time_s=wall)
         if own_tools and tools:
             for t in tools.values():
                 t.close()
@@ -279,7 +279,6 @@ def _load_engine(config: EvalConfig) -> Engine:
 def _prepare_run_dir(out: Path, cfg: dict[str, Any], argv: list[str] | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
-    now = _dt.datetime.now().isoformat(timespec="seconds")
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         diff = sorted(
@@ -291,29 +290,10 @@ def _prepare_run_dir(out: Path, cfg: dict[str, Any], argv: list[str] | None) -> 
                 f"{out} holds a run with a different config ({details}). "
                 f"Resume it with the same settings, or choose a new --out directory."
             )
-        _update_run_json(out, status="running")
+        update_run_json(out, status="running")
         return
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    from trajlab import __version__
-
-    run = {
-        "kind": "eval",
-        "status": "running",
-        "created": now,
-        "updated": now,
-        "command": argv if argv is not None else sys.argv,
-        "trajlab_version": __version__,
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2))
-
-
-def _update_run_json(out: Path, **fields: Any) -> None:
-    p = out / "run.json"
-    run = json.loads(p.read_text()) if p.exists() else {"kind": "eval"}
-    run.update(fields, updated=_dt.datetime.now().isoformat(timespec="seconds"))
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=2))
-    os.replace(tmp, p)
+    write_run_json(out, "eval", argv)
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -49,7 +49,6 @@ import contextlib
 import datetime as _dt
 import importlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -81,6 +80,7 @@ from trajlab.engines.base import Engine, SamplingParams
 from trajlab.models import token_entropy, token_logprobs
 from trajlab.rewards import combine as combine_rewards
 from trajlab.rewards import compute_reward
+from trajlab.rundir import update_run_json, write_run_json
 from trajlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -870,7 +870,11 @@ def setup(
             return [{"role": "user", "content": ex.question}]
 
     loop = AgentLoop(
-        engine, tools, cfg.agent, sampling=rollout_sampling(cfg, 1, 0), prompt_builder=prompt_builder
+        engine,
+        tools,
+        cfg.agent,
+        sampling=rollout_sampling(cfg, 1, 0),
+        prompt_builder=prompt_builder,
     )
     if examples is None:
         examples = load_examples(cfg.data.task, cfg.data.split, cfg.data.size, cfg.data.seed)
@@ -1010,7 +1014,6 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None
     (out / "trajectories").mkdir(exist_ok=True)
     cfg_dict = to_dict(cfg)
     cfg_path = out / "config.yaml"
-    now = _dt.datetime.now().isoformat(timespec="seconds")
     if cfg_path.exists():
         old = yaml.safe_load(cfg_path.read_text()) or {}
         diff = [
@@ -1028,26 +1031,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None
         cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         return
     cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-    from trajlab import __version__
-
-    info = {
-        "kind": "train",
-        "status": "running",
-        "created": now,
-        "updated": now,
-        "command": list(argv if argv is not None else sys.argv),
-        "trajlab_version": __version__,
-    }
-    (out / "run.json").write_text(json.dumps(info, indent=2))
-
-
-def update_run_json(out: Path, **fields: Any) -> None:
-    p = out / "run.json"
-    info = json.loads(p.read_text()) if p.exists() else {"kind": "train"}
-    info.update(fields, updated=_dt.datetime.now().isoformat(timespec="seconds"))
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, p)
+    write_run_json(out, "train", argv)
 
 
 def resume(run: Run) -> None:
