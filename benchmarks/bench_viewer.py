@@ -32,19 +32,14 @@ from pathlib import Path
 
 from trajlab.viewer.runs import discover
 from trajlab.viewer.server import ViewerApp, serve_in_thread
-from trajlab.viewer.synthetic import ToyVocab, TrajSpec, make_eval_run, make_trajectory
-
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from trajlab.viewer.synthetic import (
+    CHROMIUM,
+    LAUNCH_ARGS,
+    ToyVocab,
+    TrajSpec,
+    make_eval_run,
+    make_trajectory,
+)
 
 
 def generate(run_dir: Path, n: int, seed: int = 0) -> float:

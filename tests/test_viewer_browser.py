@@ -20,19 +20,8 @@ from trajlab.types import read_jsonl
 from trajlab.viewer.export import write_report
 from trajlab.viewer.runs import discover
 from trajlab.viewer.server import ViewerApp, serve_in_thread
-from trajlab.viewer.synthetic import make_eval_run, make_train_run
+from trajlab.viewer.synthetic import CHROMIUM, LAUNCH_ARGS, make_eval_run, make_train_run
 
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "viewer"
 

@@ -345,3 +345,18 @@ def _metrics_row(step: int, trajs: list[Trajectory], rng: random.Random) -> dict
         "time/train": 3.5,
         "tokens_per_s": 420.0 + rng.uniform(-20, 20),
     }
+
+
+# Debian's chromium as the browser tests and the viewer benchmark launch it: headless, and
+# without background networking (this machine's closed network refuses those connections).
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
