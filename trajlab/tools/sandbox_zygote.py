@@ -141,6 +141,11 @@ def unshare(flags: int) -> None:
         raise _err("unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        raise _err("setns")
+
+
 def mount(
     src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None
 ) -> None:
@@ -415,13 +420,18 @@ def _drop_uid(uid: int, gid: int) -> None:
         raise OSError("uid drop did not stick")
 
 
-def _write_maps(uid: int, gid: int) -> None:
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{gid} {gid} 1")
+def _write_maps(uid: int, gid: int, proc_dir: int | None = None) -> None:
+    """Map uid and gid to themselves in the caller's (new) user namespace; `proc_dir` is a
+    descriptor of the caller's /proc/<pid> directory when /proc is not (or no longer) the
+    host's procfs, else /proc/self is used."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
+        fd = os.open(name if proc_dir is not None else f"/proc/self/{name}", os.O_WRONLY,
+                     dir_fd=proc_dir)  # fmt: skip
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
 def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
@@ -503,7 +513,9 @@ def shadowed_by_scratch(paths: list[str], minimal: bool) -> list[str]:
     return out
 
 
-def _mount_scratch(minimal: bool, sizes: dict, keep: list[str]) -> tuple[str, list, list]:
+def _mount_scratch(
+    minimal: bool, sizes: dict, keep: list[str], owner: tuple[int, int] | None = None
+) -> tuple[str, list, list]:
     """Size-capped tmpfs on every writable place; returns the working directory, the
     directories of `keep` bound back and the errors of those that could not be.
 
@@ -513,8 +525,10 @@ def _mount_scratch(minimal: bool, sizes: dict, keep: list[str]) -> tuple[str, li
     directories created for it in the fresh tmpfs. So /tmp shows only the path down to
     the venv, and the host's other files under /tmp stay hidden. Best effort: a directory
     that cannot be held or bound stays hidden, and the self-check's interpreter probe
-    reports it."""
+    reports it. `owner` (uid, gid) makes the sandbox uid own the working directory when
+    root mounts it (the fast path)."""
     held, bound, errors = [], [], []
+    own = f",uid={owner[0]},gid={owner[1]}" if owner else ""
     for path in keep:
         try:
             held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
@@ -528,10 +542,12 @@ def _mount_scratch(minimal: bool, sizes: dict, keep: list[str]) -> tuple[str, li
         if os.path.isdir("/dev/shm"):
             mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={sizes['shm']},mode=1777")
         if minimal:
-            mount("tmpfs", MINIMAL_CWD, "tmpfs", flags, f"size={sizes['cwd']},mode=0700")
+            mount("tmpfs", MINIMAL_CWD, "tmpfs", flags, f"size={sizes['cwd']},mode=0700{own}")
             cwd = MINIMAL_CWD
         else:
             os.mkdir("/tmp/sandbox", 0o700)
+            if owner:
+                os.chown("/tmp/sandbox", *owner)
             cwd = "/tmp/sandbox"
         for path, fd in held:
             try:
@@ -658,26 +674,69 @@ def _read(path: str, mode: str = "r"):
         return f.read()
 
 
-def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
+def _fast_main(job: Job) -> None:
+    """The only child of the fast path (a root zygote, see Zygote.spawn): it is already
+    pid 1 of a pid namespace the zygote created for it. As root it creates its mount, net,
+    ipc and uts namespaces and does the mounts; then it drops to the slot uid, and only
+    then creates its user namespace (pitfall 3's order: uid drop before CLONE_NEWUSER) and
+    maps the uid to itself through a descriptor of its host /proc directory (its own /proc
+    is the fresh, read-only one by then). The rest is the same as C2's."""
     z, lay = job.z, job.z.layers
+    steps = Steps(strict=not z.probing)
+    steps("pdeathsig", prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([z.self_pidfd], [], [], 0)[0]:
+        os._exit(SETUP_FAIL)  # the zygote died before PDEATHSIG was armed
+    os.setsid()
+    if lay["cgroup"] and job.join_unit:  # sessions; runs inherit the zygote's slot cgroup
+        for d in job.join_unit["dirs"].values():
+            steps("cgroup", _write_text, os.path.join(d, "cgroup.procs"), "0")
+    steps("oom_score_adj", _write_text, "/proc/self/oom_score_adj", "1000")
+    proc_dir = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    ns = lay["namespaces"] and steps("namespaces", unshare, flags)
+    cwd, minimal = _mount_steps(job, steps) if ns else (None, False)
+    steps("uid_drop", _drop_uid, job.uid, job.gid)
+    steps("dumpable", prctl, PR_SET_DUMPABLE, 1)  # else uid_map is root-owned (pitfall 4)
+    if ns and steps("namespaces", unshare, CLONE_NEWUSER):
+        steps("uid_map", _write_maps, job.uid, job.gid, proc_dir)
+    os.close(proc_dir)
+    _c2_finish(job, steps, cwd, minimal)
+
+
+def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
     steps("pdeathsig_c2", prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+    cwd, minimal = _mount_steps(job, steps) if ns else (None, False)
+    _c2_finish(job, steps, cwd, minimal)
+
+
+def _mount_steps(job: Job, steps: Steps) -> tuple[str | None, bool]:
+    """Private mounts, minimal root, fresh procfs, scratch tmpfs, hostname, loopback; returns
+    the working directory (None when the scratch mounts failed) and whether the minimal
+    root is in use."""
+    z, lay = job.z, job.z.layers
     cwd = None
     minimal = False
-    if ns:
-        steps("private_mounts", mount, None, "/", None, MS_REC | MS_PRIVATE)
-        if lay["minimal_root"] and z.root_ready:
-            minimal = steps("minimal_root", _enter_root, z.stage_dir)
-            if minimal:
-                steps.log["private_proc"] = "ok"
-        elif lay["minimal_root"]:
-            steps.log["minimal_root"] = z.root_error
-        if not minimal:
-            steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        if steps("tmpfs", _set_cwd_holder, minimal, z.sizes, z.keep_visible):
-            cwd = _CWD[0]
-        steps("hostname", _sethostname, b"sandbox")
-        if z.allow_loopback:
-            steps("loopback", _loopback_up)
+    steps("private_mounts", mount, None, "/", None, MS_REC | MS_PRIVATE)
+    if lay["minimal_root"] and z.root_ready:
+        minimal = steps("minimal_root", _enter_root, z.stage_dir)
+        if minimal:
+            steps.log["private_proc"] = "ok"
+    elif lay["minimal_root"]:
+        steps.log["minimal_root"] = z.root_error
+    if not minimal:
+        steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    owner = (job.uid, job.gid) if job.uid is not None and os.geteuid() == 0 else None
+    if steps("tmpfs", _set_cwd_holder, minimal, z.sizes, z.keep_visible, owner):
+        cwd = _CWD[0]
+    steps("hostname", _sethostname, b"sandbox")
+    if z.allow_loopback:
+        steps("loopback", _loopback_up)
+    return cwd, minimal
+
+
+def _c2_finish(job: Job, steps: Steps, cwd: str | None, minimal: bool) -> None:
+    """fds, rlimits, env, capabilities, NO_NEW_PRIVS, seccomp; then the job's own work."""
+    z, lay = job.z, job.z.layers
     env = dict(z.child_env)
     if cwd is None:  # degraded: no mount namespace; a private dir the zygote deletes afterwards
         cwd = job.fallback_cwd
@@ -720,8 +779,8 @@ _CWD: list[str] = []
 _REBOUND: dict[str, list[str]] = {"bound": [], "errors": []}
 
 
-def _set_cwd_holder(minimal: bool, sizes: dict, keep: list[str]) -> None:
-    cwd, bound, errors = _mount_scratch(minimal, sizes, shadowed_by_scratch(keep, minimal))
+def _set_cwd_holder(minimal: bool, sizes: dict, keep: list[str], owner) -> None:
+    cwd, bound, errors = _mount_scratch(minimal, sizes, shadowed_by_scratch(keep, minimal), owner)
     _CWD[:] = [cwd]
     _REBOUND.update(bound=bound, errors=errors)
 
@@ -976,6 +1035,8 @@ class Zygote:
         self.runs = 0
         self.spare: Job | None = None
         self.spare_limits: dict | None = None
+        self.fast_spawn = False  # set by startup() when the one-fork spawn works
+        self.pidns_fd = self.self_pidfd = -1
 
     def startup(self) -> dict:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -1011,6 +1072,16 @@ class Zygote:
             self.layers["seccomp"] = False
         info["seccomp_skipped"] = self.seccomp_skipped
         info["landlock_abi"] = landlock_abi()
+        if os.geteuid() == 0 and self.uid is not None:  # the one-fork spawn (see spawn())
+            try:
+                self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                self.self_pidfd = os.pidfd_open(self.pid)
+                unshare(CLONE_NEWPID)
+                setns(self.pidns_fd, CLONE_NEWPID)
+                self.fast_spawn = True
+            except OSError as e:
+                info["fast_spawn_error"] = f"{type(e).__name__}: {e}"
+        info["fast_spawn"] = self.fast_spawn
         if self.cfg.get("binds"):
             try:
                 prepare_minimal_root(self.stage_dir, self.cfg["binds"], self.cfg.get("etc", []))
@@ -1030,10 +1101,24 @@ class Zygote:
 
     # -- one run ---------------------------------------------------------------------------
     def spawn(self, job: Job) -> None:
-        pid = os.fork()
+        """Fork the sandbox for `job`. Fast path (root zygote): the zygote creates a fresh
+        pid namespace for its next child and forks the sandbox directly into it as pid 1
+        (`_fast_main`), then returns to its own pid namespace: one fork of the large
+        preloaded process per run. Otherwise (unprivileged) SANDBOX.md's two forks: C1
+        drops the uid and unshares every namespace, C2 is pid 1 (`_c1_main`)."""
+        fast = self.fast_spawn and self.layers["namespaces"] and self.layers["uid_drop"]
+        if fast:
+            unshare(CLONE_NEWPID)  # applies to the next child only
+            try:
+                pid = os.fork()
+            finally:
+                if os.getpid() == self.pid:  # back to our own pid namespace for later forks
+                    setns(self.pidns_fd, CLONE_NEWPID)
+        else:
+            pid = os.fork()
         if pid == 0:
             try:
-                _c1_main(job)
+                _fast_main(job) if fast else _c1_main(job)
             except SetupError as e:
                 _report_setup_error(job, str(e))
             except BaseException as e:
