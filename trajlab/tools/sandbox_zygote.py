@@ -491,6 +491,45 @@ def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
         mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
 
 
+def make_template_ns(root: str) -> int:
+    """A mount namespace already pivoted into the minimal root at `root`, kept alive by the
+    returned descriptor (fast path, root only). A helper child builds it: unshare, make
+    every mount private, pivot_root, detach the old root; the zygote opens the helper's
+    /proc/<pid>/ns/mnt and lets it exit. Each sandbox then joins it and unshares, which
+    copies only the minimal root's mounts (no pivot_root, no detaching of the host's
+    mount tree per run)."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        msg = b"ok"
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            unshare(CLONE_NEWNS)
+            mount(None, "/", None, MS_REC | MS_PRIVATE)
+            os.chdir(root)
+            pivot_root(".", ".")
+            umount2(".", MNT_DETACH)
+            os.chdir("/")
+        except BaseException as e:
+            msg = f"{type(e).__name__}: {e}".encode()
+        os.write(ready_w, msg)
+        os.read(done_r, 1)  # until the zygote holds the namespace
+        os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        msg = os.read(ready_r, 4096)
+        if msg != b"ok":
+            raise OSError(f"template mount namespace: {msg.decode(errors='replace')}")
+        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
 def _enter_root(root: str, as_root: bool = False) -> None:
     """pivot_root into the prepared minimal root with a fresh procfs; every mount of the
     result is read-only and nosuid. `as_root`: called by root in a mount namespace of the
@@ -715,8 +754,12 @@ def _fast_main(job: Job) -> None:
     steps("oom_score_adj", _write_text, "/proc/self/oom_score_adj", "1000")
     proc_dir = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
-    ns = lay["namespaces"] and steps("namespaces", unshare, flags)
-    cwd, minimal = _mount_steps(job, steps) if ns else (None, False)
+    template = z.mnt_template if lay["minimal_root"] and z.root_ready else -1
+    if template >= 0:  # a private copy of the zygote's ready-made minimal root
+        ns = lay["namespaces"] and steps("namespaces", _enter_template, template, flags)
+    else:
+        ns = lay["namespaces"] and steps("namespaces", unshare, flags)
+    cwd, minimal = _mount_steps(job, steps, template >= 0) if ns else (None, False)
     steps("uid_drop", _drop_uid, job.uid, job.gid)
     steps("dumpable", prctl, PR_SET_DUMPABLE, 1)  # else uid_map is root-owned (pitfall 4)
     if ns and steps("namespaces", unshare, CLONE_NEWUSER):
@@ -731,22 +774,36 @@ def _c2_main(job: Job, steps: Steps, ns: bool) -> None:
     _c2_finish(job, steps, cwd, minimal)
 
 
-def _mount_steps(job: Job, steps: Steps) -> tuple[str | None, bool]:
+def _enter_template(template: int, flags: int) -> None:
+    """Join the zygote's template mount namespace (already pivoted into the minimal root)
+    and take a private copy of it, together with fresh net, ipc and uts namespaces."""
+    setns(template, CLONE_NEWNS)
+    unshare(flags)
+
+
+def _mount_steps(job: Job, steps: Steps, in_template: bool = False) -> tuple[str | None, bool]:
     """Private mounts, minimal root, fresh procfs, scratch tmpfs, hostname, loopback; returns
     the working directory (None when the scratch mounts failed) and whether the minimal
-    root is in use."""
+    root is in use. `in_template`: the mount namespace is a copy of the zygote's template
+    (private, read-only, already inside the minimal root): only procfs is left to mount."""
     z, lay = job.z, job.z.layers
     cwd = None
     minimal = False
-    steps("private_mounts", mount, None, "/", None, MS_REC | MS_PRIVATE)
-    if lay["minimal_root"] and z.root_ready:
-        minimal = steps("minimal_root", _enter_root, z.stage_dir, os.geteuid() == 0)
-        if minimal:
-            steps.log["private_proc"] = "ok"
-    elif lay["minimal_root"]:
-        steps.log["minimal_root"] = z.root_error
-    if not minimal:
-        steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if in_template:  # the copy of the template: private, read-only, inside the minimal root
+        steps.log["private_mounts"] = steps.log["minimal_root"] = "ok"
+        minimal = True
+        ro_proc = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        steps("private_proc", mount, "proc", "/proc", "proc", ro_proc)
+    else:
+        steps("private_mounts", mount, None, "/", None, MS_REC | MS_PRIVATE)
+        if lay["minimal_root"] and z.root_ready:
+            minimal = steps("minimal_root", _enter_root, z.stage_dir, os.geteuid() == 0)
+            if minimal:
+                steps.log["private_proc"] = "ok"
+        elif lay["minimal_root"]:
+            steps.log["minimal_root"] = z.root_error
+        if not minimal:
+            steps("private_proc", mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     owner = (job.uid, job.gid) if job.uid is not None and os.geteuid() == 0 else None
     if steps("tmpfs", _set_cwd_holder, minimal, z.sizes, z.keep_visible, owner):
         cwd = _CWD[0]
@@ -1065,6 +1122,7 @@ class Zygote:
         self.fast_spawn = False  # set by startup() when the one-fork spawn works
         self.env_is_child_env = dict(os.environ) == self.child_env
         self.pidns_fd = self.self_pidfd = -1
+        self.mnt_template = -1  # fd of the template mount namespace (fast path)
 
     def startup(self) -> dict:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -1115,6 +1173,8 @@ class Zygote:
             try:
                 prepare_minimal_root(self.stage_dir, self.cfg["binds"], self.cfg.get("etc", []))
                 self.root_ready, self.root_error = True, ""
+                if self.fast_spawn:
+                    self.mnt_template = make_template_ns(self.stage_dir)
             except Exception as e:
                 self.root_error = f"{type(e).__name__}: {e}"
                 self.layers["minimal_root"] = False
