@@ -4,28 +4,43 @@ What: one zygote per pool slot. `SandboxPool` (trajlab/tools/sandbox.py) starts 
 exec, a minimal explicit environment and `python -I` (so the trainer's environment
 block, which stays readable through /proc/self/environ, never reaches it). The zygote
 preloads numpy/sympy once, then serves requests that arrive as length-prefixed JSON
-frames on its stdin and answers on its stdout. For every run it forks:
+frames on its stdin and answers on its stdout. For every run it forks, as root (the
+fast path, one fork of the preloaded process per run; see docs/sandbox.md, "Performance"):
 
-    zygote (root, clean) ─ fork C1: setsid → join cgroup → setgroups/setresgid/setresuid(slot uid)
+    zygote (root, clean) ─ unshare(PID) for the next child only ─ fork S (pid 1 of it) ─ setns back
+        S: PDEATHSIG → setsid → (session cgroup) → setns(template mount ns) + unshare(MNT|NET|IPC|UTS)
+           → fresh read-only procfs, size-capped tmpfs cwd//tmp//var/tmp//dev/shm (a venv under
+             them is bound back read-only), hostname
+           → setgroups/setresgid/setresuid(slot uid) → PR_SET_DUMPABLE → unshare(USER) → uid/gid map
+           → fds 0=/dev/null 1,2=pipes, all others closed; rlimits; env
+           → caps and bounding set dropped, NO_NEW_PRIVS, seccomp (last)
+           → exec(compile(code)) in a fresh __main__
+
+and without root, SANDBOX.md's two forks:
+
+    zygote ─ fork C1: setsid → join cgroup → setgroups/setresgid/setresuid(slot uid)
                             → PDEATHSIG → PR_SET_DUMPABLE → unshare(USER|MNT|PID|NET|IPC|UTS)
                             → uid/gid map ─ fork C2 (pid 1 of the new pid namespace)
                                   → private mounts, minimal read-only root (pivot_root), fresh
                                     procfs, size-capped tmpfs cwd//tmp//var/tmp//dev/shm
-                                    (a venv under them is bound back read-only)
-                                  → fds 0=/dev/null 1,2=pipes, all others closed; rlimits; env
-                                  → caps and bounding set dropped, NO_NEW_PRIVS, seccomp (last)
+                                  → fds, rlimits, env, caps, NO_NEW_PRIVS, seccomp (last)
                                   → exec(compile(code)) in a fresh __main__
 
 The zygote enforces the wall-clock deadline and the output cap from outside with SIGKILL
 of C1's process group (PDEATHSIG then takes C2 and with it the whole pid namespace), and
-finally kills whatever is left in the slot's cgroup. Results go back to the pool as a
+finally kills whatever is left in the slot's cgroup (on the fast path S is both: the
+process group leader and pid 1). Results go back to the pool as a
 JSON frame that echoes the request's nonce; the sandbox itself never writes a frame on
 the result channel, so printed fake markers cannot forge one. Nothing is ever pickled.
 
 Departures from SANDBOX.md: user code runs as pid 1 of its namespace (saves a fork); the
 consequences (self-sent default-action signals are ignored, orphans are reaped only when
 the namespace dies) are harmless, and RLIMIT_CPU uses soft = hard so the kernel's
-SIGKILL lands (pitfall 6).
+SIGKILL lands (pitfall 6). On the fast path the pid namespace is made by the zygote and
+the mount, net, ipc and uts namespaces and the mounts by root before the uid drop (the
+user namespace still follows the drop); the mount namespace is a per-run copy of a
+template already inside the minimal root; the zygote's heap is backed by huge pages.
+docs/sandbox.md, "Performance", argues why none of this weakens a layer.
 
 Non-goals: this file has no policy. Which layers to apply is decided by the pool's
 self-check and passed in the `configure` frame; this file only applies them, and in
