@@ -269,3 +269,55 @@ def test_pick_samples_the_tempered_distribution():
     # Greedy: argmax, logprob at temperature 1.
     tokens, logprobs = _pick(logits[:1], SamplingParams(temperature=0), [None])
     assert tokens.tolist() == [0] and logprobs.item() == pytest.approx(math.log(0.6), abs=1e-6)
+
+
+# -- shared prompt prefill and the bf16 decode copy -----------------------------------
+
+
+def test_shared_prompt_prefill_gives_the_outputs_of_separate_prefills(
+    tiny_model, tiny_tokenizer, prompts
+):
+    # A GRPO-shaped batch: each prompt repeated; repeats share one prefill when batched
+    # together, and must sample exactly what they sample when prefilled on their own.
+    group = [p for p in prompts[:3] for _ in range(3)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    shared = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=16).generate(group, params)
+    alone = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=1).generate(group, params)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in alone]
+    for a, b in zip(shared, alone):
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
+    for k, (prompt, gen) in enumerate(zip(group, shared)):
+        want = _recomputed(tiny_model, prompt, gen).tolist()
+        torch.testing.assert_close(gen.logprobs, want, atol=1e-4, rtol=0, msg=f"row {k}")
+
+
+def test_bf16_decode_copy_follows_the_policy_weights(tiny_model_dir, tiny_tokenizer, prompts):
+    from trajlab.models import load_model
+
+    policy = load_model(tiny_model_dir)  # our own copy: this test changes its weights
+    engine = HFEngine(policy, tiny_tokenizer, max_batch_size=8, decode_dtype="bfloat16")
+    assert engine.decode_dtype == torch.bfloat16
+    assert next(policy.parameters()).dtype == torch.float32  # the policy is untouched
+    before = engine.generate(prompts, GREEDY)
+    copy = engine._decoder.copy
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert all(not b.is_floating_point() or b.dtype != torch.bfloat16 for b in copy.buffers())
+
+    # An in-place update of the policy (what an optimizer step does) reaches the copy.
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(-1.5)
+    after = engine.generate(prompts, GREEDY)
+    assert engine._decoder.copy is copy  # refreshed in place, not rebuilt
+    for dst, src in zip(copy.parameters(), policy.parameters()):
+        torch.testing.assert_close(dst, src.to(torch.bfloat16))
+    assert [g.token_ids for g in before] != [g.token_ids for g in after]
+    fresh = HFEngine(policy, tiny_tokenizer, max_batch_size=8, decode_dtype="bfloat16")
+    assert [g.token_ids for g in fresh.generate(prompts, GREEDY)] == [g.token_ids for g in after]
+
+
+def test_decode_dtype_is_checked(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="decode_dtype must be one of"):
+        HFEngine(tiny_model, tiny_tokenizer, decode_dtype="fp8")
+    same = HFEngine(tiny_model, tiny_tokenizer, decode_dtype="float32")
+    assert same._decoder.current() is tiny_model  # no copy when the dtype already matches

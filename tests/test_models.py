@@ -20,6 +20,7 @@ from trajlab.models import (
     resolve_model_dir,
     token_entropy,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 from trajlab.testing import CHATML_TOOLS_TEMPLATE, make_tiny_model
 
@@ -351,6 +352,31 @@ def test_token_logprobs_matches_slow_loop(tiny_model):
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_logprobs_and_entropy_in_one_pass_match_the_separate_passes(tiny_model):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, tiny_model.config.vocab_size, (3, 10), generator=g)
+    attn = torch.ones_like(ids)
+    attn[0, :3] = 0  # a left-padded row
+    with torch.no_grad():
+        want_lp = token_logprobs(tiny_model, ids, attn, temperature=0.8, start=2)
+        want_ent = token_entropy(tiny_model, ids, attn, temperature=0.8, start=2)
+        lp, ent = token_logprobs_and_entropy(tiny_model, ids, attn, 0.8, start=2, chunk_size=7)
+    torch.testing.assert_close(lp, want_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, want_ent, atol=1e-5, rtol=1e-5)
+
+    # Gradients: through the logprobs always, through the entropy only when asked.
+    w = tiny_model.get_output_embeddings().weight
+    lp, ent = token_logprobs_and_entropy(tiny_model, ids, attn, 0.8, start=2)
+    assert lp.requires_grad and not ent.requires_grad
+    (g_lp,) = torch.autograd.grad(lp.sum(), w)
+    (g_ref,) = torch.autograd.grad(token_logprobs(tiny_model, ids, attn, 0.8, start=2).sum(), w)
+    torch.testing.assert_close(g_lp, g_ref, atol=1e-5, rtol=1e-4)
+    _, ent = token_logprobs_and_entropy(tiny_model, ids, attn, 0.8, start=2, entropy_grad=True)
+    (g_ent,) = torch.autograd.grad(ent.sum(), w)
+    (g_ent_ref,) = torch.autograd.grad(token_entropy(tiny_model, ids, attn, 0.8, start=2).sum(), w)
+    torch.testing.assert_close(g_ent, g_ent_ref, atol=1e-5, rtol=1e-4)
 
 
 @torch.no_grad()

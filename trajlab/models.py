@@ -329,6 +329,58 @@ def token_entropy(
     )
 
 
+def token_logprobs_and_entropy(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    start: int = 0,
+    chunk_size: int = 1024,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_logprobs and token_entropy from one forward pass: ([B, T], [B, T]) float32.
+
+    The trainer needs both on the same batch (the loss, and entropy for the loss or the
+    logs); one pass halves the cost of the pair. The entropy is detached unless
+    entropy_grad is set (an entropy bonus in the loss).
+    """
+    both = _per_token(
+        model,
+        input_ids,
+        attention_mask,
+        temperature,
+        start,
+        chunk_size,
+        _logprob_entropy_rows if entropy_grad else _logprob_entropy_rows_nograd,
+        columns=2,
+    )  # [B, T, 2]
+    ent = both[..., 1]
+    return both[..., 0], ent if entropy_grad else ent.detach()
+
+
+def _logprob_entropy_rows(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
+):
+    # h: [N, H], targets: [N] -> [N, 2] (logprob, entropy)
+    logits = head(h).float() / temperature  # [N, V]
+    logp = logits - logits.logsumexp(-1, keepdim=True)  # [N, V]
+    picked = logp.gather(-1, targets[:, None]).squeeze(-1)  # [N]
+    return torch.stack([picked, -(logp.exp() * logp).sum(-1)], dim=-1)
+
+
+def _logprob_entropy_rows_nograd(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
+):
+    # h: [N, H], targets: [N] -> [N, 2]; the entropy column carries no gradient
+    logits = head(h).float() / temperature  # [N, V]
+    logz = logits.logsumexp(-1, keepdim=True)  # [N, 1]
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1) - logz[:, 0]  # [N]
+    with torch.no_grad():
+        logp = logits - logz  # [N, V]
+        ent = -(logp.exp() * logp).sum(-1)  # [N]
+    return torch.stack([picked, ent], dim=-1)
+
+
 def _logprob_rows(
     head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
 ):
@@ -357,7 +409,11 @@ def _check_plain_lm_head(model: torch.nn.Module) -> None:
             )
 
 
-def _per_token(model, input_ids, attention_mask, temperature, start, chunk_size, rows_fn):
+def _per_token(
+    model, input_ids, attention_mask, temperature, start, chunk_size, rows_fn, columns=None
+):
+    # rows_fn gives [N] values, or [N, columns] when columns is set; the output is
+    # [B, T] or [B, T, columns] accordingly.
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     temperature = temperature or 1.0  # greedy is reported at temperature 1
@@ -367,8 +423,9 @@ def _per_token(model, input_ids, attention_mask, temperature, start, chunk_size,
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.long()
     first = max(start, 1)  # first position that gets a value
+    extra = () if columns is None else (columns,)
     if first >= T:
-        return torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
+        return torch.zeros(B, T, *extra, dtype=torch.float32, device=input_ids.device)
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
     hidden = model.get_decoder()(
@@ -390,10 +447,12 @@ def _per_token(model, input_ids, attention_mask, temperature, start, chunk_size,
         pieces.append(
             checkpoint(rows_fn, *args, use_reentrant=False) if use_ckpt else rows_fn(*args)
         )
-    values = torch.cat(pieces) if pieces else rows_h.new_zeros(0, dtype=torch.float32)  # [N]
+    empty = rows_h.new_zeros(0, *extra, dtype=torch.float32)
+    values = torch.cat(pieces) if pieces else empty  # [N] or [N, C]
 
-    tail = values.new_zeros(B, T - first).masked_scatter(valid, values)  # [B, T']
-    return torch.cat([tail.new_zeros(B, first), tail], dim=1)  # [B, T]
+    tail = values.new_zeros(B, T - first, *extra)  # [B, T'(, C)]
+    tail = tail.index_put((valid,), values)  # rows in the same row-major order as h[valid]
+    return torch.cat([tail.new_zeros(B, first, *extra), tail], dim=1)  # [B, T(, C)]
 
 
 # -- CLI ------------------------------------------------------------------------

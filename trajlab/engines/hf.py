@@ -33,6 +33,7 @@ correct for every tokenizer, quadratic in the length of very long generations.
 
 from __future__ import annotations
 
+import copy
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,10 +67,12 @@ class HFEngine:
         tokenizer,
         max_batch_size: int = 16,
         eos_token_ids: Sequence[int] | None = None,
+        decode_dtype: torch.dtype | str | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
+        self._decoder = _DecodeWeights(model, _as_dtype(decode_dtype))
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.eos_token_ids = set(
@@ -96,6 +99,11 @@ class HFEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """The dtype the decode loop computes in (the model's own unless decode_dtype was set)."""
+        return self._decoder.dtype
+
     @torch.inference_mode()
     def generate(
         self,
@@ -119,28 +127,36 @@ class HFEngine:
             )
             for i, p in enumerate(prompts)
         ]
-        # Batch prompts of similar length together so little compute goes to padding.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        # Batch prompts of similar length together so little compute goes to padding;
+        # identical prompts (a GRPO group's samples) land next to each other and share
+        # one prefill.
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), tuple(prompts[i])))
+        model = self._decoder.current()
         for s in range(0, len(order), self.max_batch_size):
             chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
-            self._decode_batch([list(prompts[q.index]) for q in chunk], chunk, params, list(stop))
+            prompt_ids = [tuple(prompts[q.index]) for q in chunk]
+            self._decode_batch(model, prompt_ids, chunk, params, list(stop))
         return [self._to_generation(q) for q in seqs]
 
     # -- the decode loop ---------------------------------------------------------
 
     def _decode_batch(
         self,
-        prompts: list[list[int]],
+        model: torch.nn.Module,
+        prompts: list[tuple[int, ...]],
         seqs: list[_Sequence],
         params: SamplingParams,
         stop: list[str],
     ) -> None:
         from transformers import DynamicCache
 
-        ids, mask = self._left_pad(prompts)  # [B, L], [B, L]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
+        unique = list(dict.fromkeys(prompts))  # distinct prompts, in first-seen order
+        row_of = {p: u for u, p in enumerate(unique)}
+        expand = torch.tensor([row_of[p] for p in prompts], device=self.device)  # [B]
+        ids, mask = self._left_pad(unique)  # [U, L], [U, L]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, L]
+        cache = DynamicCache(config=model.config)
+        out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
@@ -148,7 +164,10 @@ class HFEngine:
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1].float()  # [B, V]
+        logits = out.logits[:, -1].float()  # [U, V]
+        if len(unique) < len(prompts):  # copy each shared prompt's KV rows to its samples
+            cache.batch_select_indices(expand)
+            logits, mask, positions = logits[expand], mask[expand], positions[expand]  # [B, ...]
         next_pos = positions[:, -1] + 1  # [B]
         live = list(seqs)
         while True:
@@ -163,7 +182,7 @@ class HFEngine:
                 mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
                 live = [live[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # [b, L + step]
-            out = self.model(
+            out = model(
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=next_pos[:, None],
@@ -173,7 +192,7 @@ class HFEngine:
             logits = out.logits[:, -1].float()  # [b, V]
             next_pos = next_pos + 1
 
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         L = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), L), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), L), dtype=torch.long)
@@ -208,6 +227,54 @@ class HFEngine:
             stop_string=q.stop_string,
             text=self._decode(q.token_ids),
         )
+
+
+class _DecodeWeights:
+    """The module the decode loop runs: the policy itself, or a copy in another dtype.
+
+    A bf16 copy lets decoding use the CPU's bf16 matrix units (AMX) and halves the bytes
+    of weights read per step, while the policy keeps fp32 master weights for training.
+    Only parameters are cast; buffers (RoPE frequencies) stay as they are. The copy is
+    refreshed before a generate call whenever the policy's parameters changed since the
+    last copy, which torch's in-place version counters tell us (an optimizer step bumps
+    them), so the engine always samples from the current weights without the trainer
+    having to remember a sync call.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None) -> None:
+        self.model = model
+        own = next(model.parameters()).dtype
+        self.dtype = dtype or own
+        self.copy: torch.nn.Module | None = None
+        self.versions: list[int] = []
+        self.needs_copy = self.dtype != own
+
+    def current(self) -> torch.nn.Module:
+        if not self.needs_copy:
+            return self.model
+        params = list(self.model.parameters())
+        versions = [p._version for p in params]
+        if self.copy is None:
+            self.copy = copy.deepcopy(self.model)
+            for p in self.copy.parameters():
+                p.requires_grad_(False)
+                p.data = p.data.to(self.dtype)
+            self.copy.eval()
+        elif versions != self.versions:
+            with torch.no_grad():
+                for dst, src in zip(self.copy.parameters(), params, strict=True):
+                    dst.copy_(src)
+        self.versions = versions
+        return self.copy
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"decode_dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
 
 
 # -- pure helpers -------------------------------------------------------------------

@@ -77,7 +77,7 @@ from trajlab.algos.length import length_limited_reward, soft_length_penalty, thi
 from trajlab.algos.losses import PolicyLossConfig, fold_kl_into_rewards, kl_penalty, policy_loss
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
-from trajlab.models import token_entropy, token_logprobs
+from trajlab.models import token_logprobs, token_logprobs_and_entropy
 from trajlab.rewards import combine as combine_rewards
 from trajlab.rewards import compute_reward
 from trajlab.rundir import update_run_json, write_run_json
@@ -402,27 +402,26 @@ def micro_batches_idx(rows: Sequence[Row], size: int) -> Iterator[list[int]]:
 
 @torch.no_grad()
 def compute_logprobs(run: Run, rows: list[Row]) -> None:
-    """Fill old logprobs (if they differ from the loss pass), reference logprobs, entropy."""
+    """Fill old logprobs and entropy (when they cannot come from the loss pass) and the
+    reference logprobs, before any update."""
     cfg = run.config
+    # On policy, the single loss pass yields the pre-update logprobs and entropy itself.
     need_old = not run.on_policy or run.kl_in_reward
-    need_ent = cfg.log.entropy and cfg.algo.entropy_coef == 0
-    if not rows or not (need_old or run.uses_reference or need_ent):
+    need_ent = need_old and cfg.log.entropy and cfg.algo.entropy_coef == 0
+    if not rows or not (need_old or run.uses_reference):
         return
     run.model.eval()
     T = cfg.rollout.temperature
     for mb in micro_batches(rows, cfg.algo.micro_batch_size):
         b = collate(mb, run.pad_id)
+        old = ent = None
         with run.autocast():
-            old = (
-                token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])
-                if need_old
-                else None
-            )
-            ent = (
-                token_entropy(run.model, b["ids"], b["attn"], T, start=b["start"])
-                if need_ent
-                else None
-            )
+            if need_ent:
+                old, ent = token_logprobs_and_entropy(
+                    run.model, b["ids"], b["attn"], T, start=b["start"]
+                )
+            elif need_old:
+                old = token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])
             ref = reference_logprobs(run, b) if run.uses_reference else None
         for k, r in enumerate(mb):
             n = len(r.ids)
@@ -527,15 +526,22 @@ def loss_denominator(cfg: TrainConfig, rows: Sequence[Row]) -> float | None:
 
 
 def micro_loss(run: Run, micro: list[Row], adv: torch.Tensor, denom: float):
-    """Forward one micro-batch with gradients and return (PolicyLossOutput, logprobs [B, T])."""
+    """Forward one micro-batch with gradients and return (PolicyLossOutput, logprobs [B, T]).
+
+    Entropy comes out of the same forward pass: in the loss when entropy_coef != 0, else
+    detached for the logs (on-policy runs only; otherwise compute_logprobs logged it)."""
     cfg = run.config
     b = collate(micro, run.pad_id)
     T = cfg.rollout.temperature
+    bonus = cfg.algo.entropy_coef != 0
+    want_ent = bonus or (cfg.log.entropy and micro[0].entropy is None)
     with run.autocast():
-        lp = token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"])  # [B, T]
-        ent = None
-        if cfg.algo.entropy_coef != 0:
-            ent = token_entropy(run.model, b["ids"], b["attn"], T, start=b["start"])  # [B, T]
+        if want_ent:
+            lp, ent = token_logprobs_and_entropy(
+                run.model, b["ids"], b["attn"], T, start=b["start"], entropy_grad=bonus
+            )  # [B, T], [B, T]
+        else:
+            lp, ent = token_logprobs(run.model, b["ids"], b["attn"], T, start=b["start"]), None
     old = b["old_logprobs"] if "old_logprobs" in b else lp.detach()  # [B, T]
     out = policy_loss(
         lp,
@@ -545,7 +551,7 @@ def micro_loss(run: Run, micro: list[Row], adv: torch.Tensor, denom: float):
         run.loss_cfg,
         sampling_logprobs=b["sampling_logprobs"],
         ref_logprobs=b.get("ref_logprobs"),
-        entropy=ent,
+        entropy=ent if bonus else None,
         denominator=denom,
     )
     if ent is not None:
