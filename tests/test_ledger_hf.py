@@ -89,5 +89,38 @@ def test_hf_engine_trajectories_with_tool_calls_keep_the_ledger_invariant(marker
     assert sum(len(t.tool_calls) for t in trajs) >= 3  # several multi-turn episodes, not one fluke
 
 
+def test_the_fast_path_keeps_the_ledger_invariant(marker_protocol):
+    """The trainer's defaults on bf16 CPUs: a bf16 decode copy samples, the trainer
+    recomputes under bf16 autocast. Token ids and masks stay exact; logprobs agree to
+    bf16 precision (the truncated importance weights absorb the difference)."""
+    model, tok, _, prompt = marker_protocol
+    engine = HFEngine(model, tok, decode_dtype="bfloat16")
+    config = AgentConfig(
+        protocol="marker", tools=["echo"], max_turns=4, max_tool_calls=3, max_new_tokens_per_turn=48
+    )
+    loop = AgentLoop(
+        engine,
+        {"echo": EchoTool()},
+        config,
+        sampling=SamplingParams(temperature=1.0, seed=11),
+        prompt_builder=lambda ex: prompt,
+    )
+    trajs = loop.run([(Example(id=f"e{i}", question="q"), 0) for i in range(6)])
+    assert any(t.tool_calls for t in trajs)
+    diffs = []
+    for t in trajs:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            recomputed = token_logprobs(model, torch.tensor([t.token_ids]))[0]  # [T]
+        for i, (lp, m, src) in enumerate(zip(t.sampling_logprobs(), t.loss_mask, _sources(t))):
+            assert (m == 1) == (src == "model") and (lp is None) == (src != "model")
+            if src == "model":
+                diffs.append(abs(recomputed[i].item() - lp))
+        assert Trajectory.from_json(t.to_json()) == t
+    assert max(diffs) < 0.02 and sum(diffs) / len(diffs) < 0.005, (
+        max(diffs),
+        sum(diffs) / len(diffs),
+    )
+
+
 def _sources(t: Trajectory) -> list[str]:
     return [s.source for s in t.segments for _ in s.token_ids]

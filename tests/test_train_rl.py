@@ -41,8 +41,11 @@ def _cfg(model_dir, out, *extra):
             "agent.max_new_tokens_per_turn=8",
             "agent.max_new_tokens=24",
             "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
-            # A length-shaped reward varies within groups, so advantages are non-zero.
+            # Rewards that vary within groups, so advantages are non-zero whatever the
+            # engine samples (with the default bf16 decode copy the tiny model's samples
+            # can all run to the length cap, which a length-shaped reward alone cannot see).
             "length.soft_budget=2",
+            "reward.weights={math_correct: 1.0, 'train_helpers:token_variety_reward': 1.0}",
             "optim.lr=1e-3",
             "log.progress=false",
             "log.plots=false",

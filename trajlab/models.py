@@ -29,6 +29,7 @@ how to fetch the model yourself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -274,6 +275,30 @@ def load_tokenizer(spec: str | Path, log: Log = _stderr):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16).
+
+    On such CPUs bf16 matmuls run about twice as fast as fp32; elsewhere torch emulates
+    them and bf16 is slower. `auto` dtype settings in trajlab choose bf16 only here.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_context(setting: str) -> contextlib.AbstractContextManager:
+    """Trainer forward passes: bf16 autocast for `bf16`, and for `auto` where native_bf16()."""
+    if setting == "bf16" or (setting == "auto" and native_bf16()):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # -- tokens -> logprobs ---------------------------------------------------------

@@ -37,7 +37,8 @@ from trajlab.algos.losses import AGG_MODES, KL_ESTIMATORS, KL_PLACES, RATIO_LEVE
 from trajlab.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
 
 DTYPES = ("float32", "bfloat16")
-AUTOCAST = ("none", "bf16")
+AUTOCAST = ("auto", "none", "bf16")
+DECODE_DTYPES = ("auto", "float32", "bfloat16")
 SCHEDULES = ("constant", "linear", "cosine")
 OVERLONG = ("none", "filter", "penalty")
 ENGINES = ("hf", "fake")
@@ -105,6 +106,12 @@ class RolloutConfig:
         [], "engine=fake only: scripted responses, cycled (tests and dry runs)"
     )
     max_batch_size: int = opt(64, "sequences the engine decodes together")
+    decode_dtype: str = opt(
+        "auto",
+        "dtype the hf engine samples in: a copy of the policy's weights refreshed after every "
+        "update; auto: bfloat16 on CPUs with native bf16 matmul, else the policy's dtype",
+        choices=DECODE_DTYPES,
+    )
 
 
 @dataclass
@@ -232,8 +239,9 @@ class OptimConfig:
     min_lr_ratio: float = opt(0.0, "linear/cosine decay ends at lr * min_lr_ratio")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: off)")
     autocast: str = opt(
-        "none",
-        "bf16 autocast of forward passes on CPU (faster on CPUs with bf16 units; see docs/training.md)",
+        "auto",
+        "bf16 autocast of the trainer's forward passes on CPU; auto: bf16 on CPUs with native "
+        "bf16 matmul (AMX/AVX512-BF16), else none (see docs/training.md)",
         choices=AUTOCAST,
     )
 

@@ -77,7 +77,12 @@ from trajlab.algos.length import length_limited_reward, soft_length_penalty, thi
 from trajlab.algos.losses import PolicyLossConfig, fold_kl_into_rewards, kl_penalty, policy_loss
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
-from trajlab.models import token_logprobs, token_logprobs_and_entropy
+from trajlab.models import (
+    autocast_context,
+    native_bf16,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 from trajlab.rewards import combine as combine_rewards
 from trajlab.rewards import compute_reward
 from trajlab.rundir import update_run_json, write_run_json
@@ -811,9 +816,7 @@ class Run:
         return self.uses_reference and self.config.algo.kl_in == "reward"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.optim.autocast == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.config.optim.autocast)
 
 
 def setup(
@@ -971,7 +974,12 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, tok: Any) -> Engine:
         return FakeEngine(tok, respond, model=model)
     from trajlab.engines.hf import HFEngine
 
-    return HFEngine(model, tok, max_batch_size=cfg.rollout.max_batch_size)
+    decode_dtype = cfg.rollout.decode_dtype
+    if decode_dtype == "auto":
+        decode_dtype = "bfloat16" if native_bf16() else None
+    return HFEngine(
+        model, tok, max_batch_size=cfg.rollout.max_batch_size, decode_dtype=decode_dtype
+    )
 
 
 def build_tools(cfg: TrainConfig) -> dict[str, Any]:

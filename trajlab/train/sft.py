@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from trajlab.config import ConfigError, to_dict
-from trajlab.models import token_logprobs
+from trajlab.models import autocast_context, token_logprobs
 from trajlab.train.checkpoint import save_checkpoint
 from trajlab.train.config import SFTConfig
 from trajlab.types import Trajectory, read_jsonl
@@ -144,7 +144,6 @@ def sft(
     step, t_start, last = 0, time.perf_counter(), {}
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if o.autocast == "bf16" else None
     for epoch in range(cfg.epochs):
         order = list(range(len(data)))
         random.Random(f"trajlab-sft/{cfg.seed}/{epoch}").shuffle(order)
@@ -159,10 +158,7 @@ def sft(
             loss_sum = 0.0
             for m in range(0, len(batch), cfg.micro_batch_size):
                 micro = batch[m : m + cfg.micro_batch_size]
-                if autocast is not None:
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        loss, _ = sft_loss(model, micro, pad_id, tokens)
-                else:
+                with autocast_context(o.autocast):
                     loss, _ = sft_loss(model, micro, pad_id, tokens)
                 loss.backward()
                 loss_sum += float(loss.detach())
