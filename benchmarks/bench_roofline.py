@@ -5,11 +5,14 @@
     .venv/bin/python benchmarks/bench_roofline.py --json roofline.json
 
 What it measures, with torch on the CPU, all threads torch uses by default:
-  1. matmul throughput (GFLOP/s) in fp32 and bf16: a large square GEMM (the peak every
-     utilisation below is divided by), and the skinny GEMMs of decoding SmolLM2-135M,
+  1. matmul throughput (GFLOP/s) in fp32 and bf16: a large square GEMM, whose best rep
+     is the peak every utilisation below is divided by (the best, not the median: on a
+     shared machine the median understates what the hardware does and so would flatter
+     the MFU; both are printed), and the skinny GEMMs of decoding SmolLM2-135M,
      x[rows, k] @ W[k, n] with rows = batch 16 and 64 and W the model's weight shapes
      (576x576 q/o, 576x192 k/v, 576x1536 gate/up, 1536x576 down, 576x49152 lm_head),
-     each as F.linear the way nn.Linear runs it; warm-up, then the median of several reps.
+     each as F.linear the way nn.Linear runs it; warm-up, then the median of several reps,
+     each rep looping the call for at least 50 ms.
      From the skinny GEMMs it also derives the GEMM-only bound of one decode step (the
      step time if the model were nothing but its matmuls at these measured speeds);
   2. generation: trajlab's HFEngine (`HFEngine.from_spec("default", dtype=...)`) on batch
@@ -151,30 +154,39 @@ def training_flops(s: ModelShape, batch: int, seq: int, start: int) -> int:
 # -- timing helpers -----------------------------------------------------------------------
 
 
-def median_time(fn: Callable[[], object], reps: int, min_s: float = 0.05) -> float:
-    """Median seconds per call: one warm-up, then `reps` timings, each looping fn until min_s."""
+def rep_times(fn: Callable[[], object], reps: int, min_s: float = 0.05) -> list[float]:
+    """Seconds per call of `reps` timings, each looping fn until it takes at least min_s.
+
+    Two warm-up calls, then the loop count doubles until one batch of calls lasts min_s,
+    so short calls are not timed one at a time.
+    """
     fn()
-    t = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t, 1e-7)
-    inner = max(1, int(min_s / once))
+    inner = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        if time.perf_counter() - t >= min_s or inner >= 1 << 16:
+            break
+        inner *= 2
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         for _ in range(inner):
             fn()
         times.append((time.perf_counter() - t) / inner)
-    return statistics.median(times)
+    return times
 
 
-def gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, reps: int) -> float:
-    """Throughput of F.linear(x[m, k], W[n, k]) (nn.Linear's layout), GFLOP/s."""
+def gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, reps: int) -> tuple[float, float]:
+    """Throughput of F.linear(x[m, k], W[n, k]) (nn.Linear's layout): (median, best) GFLOP/s."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=g).to(dtype)
     w = torch.randn(n, k, generator=g).to(dtype)
     with torch.inference_mode():
-        s = median_time(lambda: F.linear(x, w), reps)
-    return 2 * m * k * n / s / 1e9
+        times = rep_times(lambda: F.linear(x, w), reps)
+    flops = 2 * m * k * n
+    return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
 
 
 class ModuleTimer:
@@ -218,15 +230,20 @@ class ModuleTimer:
 
 
 def bench_gemms(shape: ModelShape, square: int, batches: list[int], reps: int) -> dict:
-    out: dict = {"square_n": square, "peak": {}, "skinny": {}, "step_bound_s": {}}
+    """GFLOP/s per dtype: 'peak' (best rep of the square GEMM), 'square_median', and per
+    skinny shape the median; 'step_bound_s': GEMM-only decode step time from the medians."""
+    out: dict = {"square_n": square, "peak": {}, "square_median": {}, "skinny": {}}
+    out["step_bound_s"] = {}
     for name, dtype in DTYPES.items():
-        out["peak"][name] = gemm_gflops(square, square, square, dtype, reps)
+        out["square_median"][name], out["peak"][name] = gemm_gflops(
+            square, square, square, dtype, reps
+        )
         for rows in batches:
             step = 0.0
             for k, n, calls in shape.step_gemms():
                 key = f"{name} {rows}x{k}x{n}"
                 if key not in out["skinny"]:  # q and o share a shape
-                    out["skinny"][key] = gemm_gflops(rows, k, n, dtype, reps)
+                    out["skinny"][key] = gemm_gflops(rows, k, n, dtype, reps)[0]
                 gf = out["skinny"][key]
                 step += calls * 2 * rows * k * n / (gf * 1e9)
             out["step_bound_s"][f"{name} {rows}"] = step
@@ -393,7 +410,9 @@ def print_gemms(r: dict, batches: list[int]) -> None:
     print(f"{'shape (rows x k x n)':<28} {'float32':>9} {'bfloat16':>9} {'bf16/fp32':>10}")
     n = r["square_n"]
     fp, bf = r["peak"]["float32"], r["peak"]["bfloat16"]
-    print(f"{f'square {n}x{n}x{n} (peak)':<28} {fp:>9.1f} {bf:>9.1f} {bf / fp:>10.2f}")
+    print(f"{f'square {n}^3, best = peak':<28} {fp:>9.1f} {bf:>9.1f} {bf / fp:>10.2f}")
+    fp, bf = r["square_median"]["float32"], r["square_median"]["bfloat16"]
+    print(f"{f'square {n}^3, median':<28} {fp:>9.1f} {bf:>9.1f} {bf / fp:>10.2f}")
     for key in r["skinny"]:
         if key.startswith("float32 "):
             shape = key.removeprefix("float32 ")
@@ -465,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-autocast", default="none,bf16", help="trainer autocast variants")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: gemm,gen,train")
     ap.add_argument("--json", default="", help="write every number here")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from trajlab.engines.hf import HFEngine
     from trajlab.models import load_model
