@@ -1,0 +1,230 @@
+"""Generation: trajlab's hf engine against Hugging Face `generate` (issue 6, target 2).
+
+    .venv/bin/python benchmarks/bench_generation.py                 # batch 16 and 64
+    .venv/bin/python benchmarks/bench_generation.py --batches 16 --reps 3 --json runs/gen.json
+
+Workload (what an RL step samples): SmolLM2-135M-Instruct (trajlab's `default` model,
+loaded once in fp32), questions of the built-in `arith` task in the model's chat template,
+groups of 8 samples per prompt (batch 16 = 2 prompts x 8, batch 64 = 8 prompts x 8),
+temperature 1.0, top_p 1.0, no top-k, at most 128 new tokens, EOS ends a sample.
+
+Systems, each timed on the same prompts, one after the other:
+  * hf-generate: `model.generate(do_sample=True, num_return_sequences=8, ...)`, the usual
+    way to draw a group with transformers; run on the fp32 model and on a bf16 copy;
+  * trajlab: `HFEngine.generate` with decode_dtype float32 (same weights as hf-generate
+    fp32) and bfloat16 (the trainer's default on CPUs with native bf16, see
+    docs/training.md).
+Tokens counted: each sample's tokens up to and including its EOS (hf-generate keeps
+computing finished rows until the whole batch ends; that work is not counted as tokens).
+tok/s = tokens / wall seconds, best of --reps. Ratios: trajlab / hf-generate at the same
+dtype, and trajlab's default (bf16 copy) / hf-generate on the model as loaded (fp32).
+
+Correctness: under greedy decoding (16 distinct prompts, 64 new tokens) trajlab and
+hf-generate must produce identical token ids at the same dtype; the table reports the
+number of identical rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trajlab.engines.base import SamplingParams  # noqa: E402
+from trajlab.engines.hf import HFEngine  # noqa: E402
+from trajlab.models import load_model, load_tokenizer  # noqa: E402
+from trajlab.tasks import load_task  # noqa: E402
+
+GROUP = 8
+
+
+def chat_prompts(tok, n: int) -> list[list[int]]:
+    """n arith questions rendered with the model's chat template, as token ids."""
+    examples = load_task("arith", split="train", n=n, seed=0)
+    out = []
+    for ex in examples:
+        messages = [
+            {"role": "user", "content": f"{ex.question}\nGive the final answer as a number."}
+        ]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out.append(tok.encode(text, add_special_tokens=False))
+    return out
+
+
+def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with bf16 parameters and untouched buffers (what trajlab's engine decodes with)."""
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+        p.data = p.data.to(torch.bfloat16)
+    return m.eval()
+
+
+def until_eos(row: list[int], eos: set[int], pad: int | None = None) -> list[int]:
+    """A generated row cut after its first EOS (kept); trailing padding dropped otherwise."""
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[: i + 1]
+    return row
+
+
+@torch.inference_mode()
+def hf_generate(model, tok, prompts, group, max_new, greedy, seed, eos) -> list[list[int]]:
+    """model.generate on left-padded distinct prompts, `group` samples each."""
+    tok.padding_side = "left"
+    enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
+    torch.manual_seed(seed)
+    kwargs = (
+        {"do_sample": False}
+        if greedy
+        else {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    )
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new,
+        num_return_sequences=group,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=sorted(eos),
+        **kwargs,
+    )
+    new = out[:, enc["input_ids"].shape[1] :].tolist()
+    return [until_eos(r, eos) for r in new]
+
+
+def ours(engine, prompts, group, max_new, greedy, seed) -> list[list[int]]:
+    batch = [p for p in prompts for _ in range(group)]
+    params = SamplingParams(
+        temperature=0.0 if greedy else 1.0, top_p=1.0, max_new_tokens=max_new, seed=seed
+    )
+    return [g.token_ids for g in engine.generate(batch, params)]
+
+
+def timed(fn, *args) -> tuple[float, list[list[int]]]:
+    t = time.perf_counter()
+    rows = fn(*args)
+    return time.perf_counter() - t, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 64], help="batch sizes")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=2, help="timed repetitions; the best is kept")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tok = load_model(args.model), load_tokenizer(args.model)
+    engine32 = HFEngine(model, tok, max_batch_size=max(args.batches), decode_dtype="float32")
+    eos = set(engine32.eos_token_ids)
+    model16 = bf16_copy(model)
+    engine16 = HFEngine(model, tok, max_batch_size=max(args.batches), decode_dtype="bfloat16")
+    systems = {
+        "hf-generate fp32": lambda P, g, n, greedy, s: hf_generate(
+            model, tok, P, g, n, greedy, s, eos
+        ),
+        "trajlab fp32": lambda P, g, n, greedy, s: ours(engine32, P, g, n, greedy, s),
+        "hf-generate bf16": lambda P, g, n, greedy, s: hf_generate(
+            model16, tok, P, g, n, greedy, s, eos
+        ),
+        "trajlab bf16": lambda P, g, n, greedy, s: ours(engine16, P, g, n, greedy, s),
+    }
+    prompts = chat_prompts(tok, max(max(args.batches) // GROUP, 16))
+    for fn in systems.values():  # warm-up: first calls allocate and load kernels
+        fn(prompts[:2], 2, 4, False, 0)
+
+    # Correctness: identical greedy outputs at the same dtype.
+    identity = {}
+    for dtype in ("fp32", "bf16"):
+        ref = systems[f"hf-generate {dtype}"](prompts[:16], 1, 64, True, 0)
+        got = systems[f"trajlab {dtype}"](prompts[:16], 1, 64, True, 0)
+        identity[dtype] = sum(a == b for a, b in zip(ref, got))
+        print(f"greedy, 16 distinct prompts, {dtype}: {identity[dtype]}/16 rows identical")
+
+    results: list[dict] = []
+    for batch in args.batches:
+        P = prompts[: batch // GROUP]
+        for name, fn in systems.items():
+            best = None
+            for rep in range(args.reps):
+                secs, rows = timed(fn, P, GROUP, args.max_new_tokens, False, rep)
+                tokens = sum(len(r) for r in rows)
+                if best is None or tokens / secs > best["tok_s"]:
+                    best = {"seconds": secs, "tokens": tokens, "tok_s": tokens / secs}
+            results.append({"system": name, "batch": batch, **best})
+            print(
+                f"  batch {batch:3d} {name:17s} {best['tokens']:6d} tokens "
+                f"{best['seconds']:7.2f} s {best['tok_s']:8.1f} tok/s",
+                flush=True,
+            )
+
+    def tok_s(system: str, batch: int) -> float:
+        return next(r["tok_s"] for r in results if r["system"] == system and r["batch"] == batch)
+
+    print()
+    print(
+        f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        "| batch | hf-generate fp32 | trajlab fp32 | ratio | hf-generate bf16 | trajlab bf16 "
+        "| ratio | trajlab default vs hf-generate fp32 | target |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for batch in args.batches:
+        row = {
+            "batch": batch,
+            "hf_fp32": tok_s("hf-generate fp32", batch),
+            "ours_fp32": tok_s("trajlab fp32", batch),
+            "hf_bf16": tok_s("hf-generate bf16", batch),
+            "ours_bf16": tok_s("trajlab bf16", batch),
+        }
+        row["ratio_fp32"] = row["ours_fp32"] / row["hf_fp32"]
+        row["ratio_bf16"] = row["ours_bf16"] / row["hf_bf16"]
+        row["ratio_default"] = row["ours_bf16"] / row["hf_fp32"]
+        summary.append(row)
+        print(
+            f"| {batch} | {row['hf_fp32']:.1f} | {row['ours_fp32']:.1f} | "
+            f"{row['ratio_fp32']:.2f}x | {row['hf_bf16']:.1f} | {row['ours_bf16']:.1f} | "
+            f"{row['ratio_bf16']:.2f}x | {row['ratio_default']:.2f}x | >= 3x |"
+        )
+    print(
+        f"greedy identity (16 distinct prompts, 64 tokens): fp32 {identity['fp32']}/16, "
+        f"bf16 {identity['bf16']}/16"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "results": results,
+                    "summary": summary,
+                    "greedy_identical_rows": identity,
+                    "cores": os.cpu_count(),
+                    "threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg()[0],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
