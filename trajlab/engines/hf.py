@@ -25,10 +25,16 @@ token, per-token logprobs in our convention (engines/base.py) and, later, contro
 scheduling. Under greedy decoding this loop reproduces `model.generate` token for token
 (tested).
 
+Speed (docs/performance.md has the measurements):
+  * identical prompts in a batch (a GRPO group's samples) are prefilled once and their KV
+    rows copied to every sample;
+  * `decode_dtype="bfloat16"` decodes with a bf16 copy of the weights (AMX matmuls, half
+    the bytes per step), refreshed whenever the policy's parameters change in place;
+  * stop strings are found by decoding only the tail of a sequence that can hold a newly
+    completed one (see _window), so the check stays linear in the output length.
+
 What it does not do (yet): continuous batching (new prompts joining a running batch),
-prefix caching, or trimming left padding that no live row needs any more. Stop strings
-are detected by decoding a sequence's new tokens in full at every step: simple and
-correct for every tokenizer, quadratic in the length of very long generations.
+prefix caching across calls, or trimming left padding that no live row needs any more.
 """
 
 from __future__ import annotations
@@ -207,7 +213,7 @@ class HFEngine:
         q.logprobs.append(logprob)
         if token in self.eos_token_ids:
             q.finish_reason = "eos"
-        elif stop and (hit := _first_stop(self._decode(q.token_ids), stop)) is not None:
+        elif stop and (hit := _first_stop(self._decode(q.token_ids[-_window(stop) :]), stop)):
             q.finish_reason, q.stop_string = "stop", hit
         elif len(q.token_ids) >= q.budget:
             q.finish_reason = "length"
@@ -294,6 +300,18 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
         elif source is not None:
             ids.extend(source)
     return ids
+
+
+def _window(stop: Sequence[str]) -> int:
+    """How many trailing tokens to decode to see any stop string completed by the last one.
+
+    Checked after every token, a stop string can only be new if it ends in the last token's
+    text. Every token stands for at least one byte and a character for at most four, so the
+    last 4 * len(s) tokens hold all of s; 8 more keep it clear of the window's start, where
+    decoding a token sequence from its middle may drop a leading space or show a partial
+    character. Decoding this tail instead of the whole output keeps the check linear.
+    """
+    return 4 * max(len(s) for s in stop) + 8
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> str | None:
