@@ -38,6 +38,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -268,6 +269,36 @@ def stage_at(lines: list[tuple[float, str]], t: float) -> str:
     return before[-1][:70] if before else ""
 
 
+def stage_peaks(
+    lines: list[tuple[float, str]], timeline: list[Sample], pattern: str = r"^\[\d"
+) -> list[dict]:
+    """Peak of each sum within each stage: a stage runs from a line matching `pattern` to the next.
+
+    Samples before the first stage line fall into a stage named '(start)'. The demo marks
+    its stages with lines such as '[2 sft] ...', which the default pattern matches.
+    """
+    marks = [(t, line[:60]) for t, line in lines if re.search(pattern, line)]
+    bounds = [(0.0, "(start)"), *marks]
+    out = []
+    for i, (t0, name) in enumerate(bounds):
+        t1 = bounds[i + 1][0] if i + 1 < len(bounds) else float("inf")
+        inside = [s for s in timeline if t0 <= s.t < t1]
+        if not inside:
+            continue
+        out.append(
+            {
+                "stage": name,
+                "start_s": t0,
+                "end_s": min(t1, inside[-1].t),
+                "pss_sum": max(s.pss_sum for s in inside),
+                "rss_sum": max(s.rss_sum for s in inside),
+                "main_rss": max(s.main_rss for s in inside),
+                "procs": max(s.procs for s in inside),
+            }
+        )
+    return out
+
+
 # -- report -----------------------------------------------------------------------------
 
 
@@ -306,6 +337,15 @@ def report(res: Result, target: int = TARGET_BYTES) -> str:
         out.append(
             f"{label:<28} {v:>9} {gib(target):>7} {'yes' if met else 'no':>4} {t:>6} {procs:>6}  {stage}"
         )
+    stages = stage_peaks(res.lines, res.timeline)
+    if len(stages) > 1:
+        out += ["", f"{'stage':<62} {'from s':>7} {'PSS sum':>8} {'RSS sum':>8} {'main RSS':>8}"]
+        for st in stages:
+            out.append(
+                f"{st['stage']:<62} {st['start_s']:>7.0f} {gib(st['pss_sum']):>8} "
+                f"{gib(st['rss_sum']):>8} {gib(st['main_rss']):>8}"
+            )
+        out.append("(GiB, peak within each stage)")
     if not p.pss_complete:
         out.append("note: some processes' smaps_rollup was unreadable; the PSS sum leaves them out")
     out.append(
@@ -331,6 +371,8 @@ def to_json(res: Result) -> dict:
         "pss_complete": p.pss_complete,
         "max_procs": p.max_procs,
         "sampler_cpu_s": res.sampler_cpu_s,
+        "stages": stage_peaks(res.lines, res.timeline),
+        "output": res.lines,
         "timeline": [asdict(s) for s in res.timeline],
     }
 

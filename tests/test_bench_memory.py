@@ -99,3 +99,20 @@ def test_stage_at():
     assert bm.stage_at(lines, 0.5) == ""
     assert bm.stage_at(lines, 3.0) == "[0 base] eval"
     assert bm.stage_at(lines, 5.0) == "[1 data] teacher"
+
+
+def test_stage_peaks():
+    S = bm.Sample
+    timeline = [
+        S(0.5, 1, 10, 9, True, 10, 9),
+        S(1.5, 2, 50, 40, True, 30, 25),
+        S(2.5, 3, 70, 45, True, 30, 25),
+        S(6.0, 1, 20, 20, True, 20, 20),
+    ]
+    lines = [(1.0, "[0 base] eval"), (1.2, "progress 10%"), (5.0, "[1 data] teacher")]
+    st = bm.stage_peaks(lines, timeline)
+    assert [x["stage"] for x in st] == ["(start)", "[0 base] eval", "[1 data] teacher"]
+    assert [x["pss_sum"] for x in st] == [9, 45, 20]
+    assert [x["rss_sum"] for x in st] == [10, 70, 20]
+    assert [x["procs"] for x in st] == [1, 3, 1]
+    assert st[1]["start_s"] == 1.0 and st[1]["end_s"] == 2.5
