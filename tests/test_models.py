@@ -460,3 +460,57 @@ def test_default_model_loads_and_generates():
     )
     assert len(gen.token_ids) > 0 and gen.text.strip()
     assert "Paris" in gen.text
+
+
+def test_shared_prefix_pass_matches_full_rows(tiny_model, monkeypatch):
+    """Rows sharing a prompt: the one-prefix-pass path gives the full-row values and grads."""
+    import trajlab.models as models
+
+    g = torch.Generator().manual_seed(5)
+    V = tiny_model.config.vocab_size
+    prompt = torch.randint(3, V, (20,), generator=g)
+    lengths = [30, 26, 34]
+    T = max(lengths)
+    ids = torch.zeros(3, T, dtype=torch.long)
+    attn = torch.zeros(3, T, dtype=torch.long)
+    for b, n in enumerate(lengths):  # right padding, as the trainer collates
+        ids[b, :n] = torch.cat([prompt, torch.randint(3, V, (n - 20,), generator=g)])
+        attn[b, :n] = 1
+    ids[1, 20] = ids[0, 20]  # rows 0 and 1 share one more token than row 2
+    assert models.shared_prefix_length(ids, attn) == 20
+    assert models.shared_prefix_length(ids[:2], attn[:2]) == 21
+
+    def run():
+        tiny_model.zero_grad()
+        lp, ent = token_logprobs_and_entropy(
+            tiny_model, ids, attn, 0.9, start=20, entropy_grad=True
+        )
+        (lp.sum() + ent.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+        return lp.detach(), ent.detach(), grads
+
+    calls = []
+    real_decoder = tiny_model.get_decoder()
+    monkeypatch.setattr(tiny_model, "get_decoder", lambda: _Spy(real_decoder, calls), raising=False)
+    shared = run()
+    assert [c[1] for c in calls] == [(1, 20), (3, T - 20)]  # one prefix row, then 3 suffixes
+    monkeypatch.setattr(models, "MIN_SHARED_PREFIX", 10**9)
+    calls.clear()
+    full = run()
+    assert [c[1] for c in calls] == [(3, T)]
+    torch.testing.assert_close(shared[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1], full[1], atol=1e-5, rtol=1e-5)
+    for name in full[2]:
+        torch.testing.assert_close(shared[2][name], full[2][name], atol=1e-5, rtol=1e-4)
+    tiny_model.zero_grad()
+
+
+class _Spy:
+    """Records the input shape of every decoder call."""
+
+    def __init__(self, decoder, calls):
+        self.decoder, self.calls = decoder, calls
+
+    def __call__(self, **kw):
+        self.calls.append(("call", tuple(kw["input_ids"].shape)))
+        return self.decoder(**kw)

@@ -434,6 +434,61 @@ def _check_plain_lm_head(model: torch.nn.Module) -> None:
             )
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a shared prefix pass does not pay for itself
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Length of the token prefix every row has in common, with no padding in it. [B, T] -> int."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # [T]
+    return int(same.long().cumprod(0).sum())
+
+
+def _hidden_states(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The decoder's last hidden states [B, T, H], computing a shared prefix only once.
+
+    Rows of a GRPO group start with the same prompt (and rows of different groups with the
+    same system prompt). When all B rows share a prefix of P >= MIN_SHARED_PREFIX tokens,
+    the prefix runs once as a single row, its KV cache is repeated for every row, and only
+    the B suffixes run on top of it: prefix compute drops from B*P to P tokens, forward
+    and backward (the repeat's gradient sums over the rows, so the result is the same as
+    running every row in full, up to float error; tested). Otherwise, one plain pass.
+    """
+    decoder = model.get_decoder()
+    B, T = input_ids.shape
+    P = shared_prefix_length(input_ids, attention_mask) if B > 1 else 0
+    P = min(P, T - 1)  # at least one suffix token per row
+    checkpointing = getattr(model, "is_activation_checkpointing", False)
+    if P < MIN_SHARED_PREFIX or checkpointing:  # checkpointed layers refuse a KV cache
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        return decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    head = decoder(
+        input_ids=input_ids[:1, :P],
+        position_ids=torch.arange(P, device=input_ids.device)[None],
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [1, P, H]
+    cache.batch_repeat_interleave(B)  # [B, KV, P, D] per layer; differentiable
+    suffix_pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, P:]  # [B, T - P]
+    tail = decoder(
+        input_ids=input_ids[:, P:],
+        attention_mask=attention_mask,
+        position_ids=suffix_pos,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # [B, T - P, H]
+    return torch.cat([head.expand(B, -1, -1), tail], dim=1)  # [B, T, H]
+
+
 def _per_token(
     model, input_ids, attention_mask, temperature, start, chunk_size, rows_fn, columns=None
 ):
@@ -452,13 +507,7 @@ def _per_token(
     if first >= T:
         return torch.zeros(B, T, *extra, dtype=torch.float32, device=input_ids.device)
 
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-    hidden = model.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state  # [B, T, H]
+    hidden = _hidden_states(model, input_ids, attention_mask)  # [B, T, H]
     h = hidden[:, first - 1 : T - 1]  # [B, T', H]: the state that predicts each target
     targets = input_ids[:, first:]  # [B, T']
     valid = (attention_mask[:, first:] * attention_mask[:, first - 1 : T - 1]).bool()  # [B, T']

@@ -399,8 +399,13 @@ def micro_batches(rows: Sequence[Row], size: int) -> Iterator[list[Row]]:
 
 
 def micro_batches_idx(rows: Sequence[Row], size: int) -> Iterator[list[int]]:
-    """Index chunks after a stable sort by length, so little compute goes to padding."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+    """Index chunks after a stable sort by prompt, then length: a group's rows land in the
+    same micro-batch, so their shared prompt is computed once (models._hidden_states),
+    and rows of similar length sit together, so little compute goes to padding."""
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (rows[i].ids[: rows[i].prompt_len].tolist(), len(rows[i].ids)),
+    )
     for s in range(0, len(order), size):
         yield order[s : s + size]
 
