@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             out=str(out / "sft"),
             epochs=args.sft_epochs,
             batch_size=8,
-            micro_batch_size=8,
+            micro_batch_size=4,  # bounds activation memory (peak RSS, docs/performance.md)
             threads=args.threads,
         )
         sft_cfg.model.model = str(base)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "rollout.group_size=4",
             "rollout.temperature=1.0",
             "optim.lr=2e-6",
-            "algo.micro_batch_size=8",
+            "algo.micro_batch_size=4",  # one prompt group: its prompt runs once
             "log.checkpoint_every=1000",
             "log.keep_checkpoints=1",
             "eval.every=0",
