@@ -28,7 +28,7 @@ scheduling. Under greedy decoding this loop reproduces `model.generate` token fo
 Speed (docs/performance.md has the measurements):
   * identical prompts in a batch (a GRPO group's samples) are prefilled once and their KV
     rows copied to every sample;
-  * `decode_dtype="bfloat16"` decodes with a bf16 copy of the weights (AMX matmuls, half
+  * `decode_dtype="bfloat16"` decodes with a bf16 copy of the weights (native bf16 matmuls, half
     the bytes per step), refreshed whenever the policy's parameters change in place;
   * stop strings are found by decoding only the tail of a sequence that can hold a newly
     completed one (see _window), so the check stays linear in the output length.
@@ -238,7 +238,7 @@ class HFEngine:
 class _DecodeWeights:
     """The module the decode loop runs: the policy itself, or a copy in another dtype.
 
-    A bf16 copy lets decoding use the CPU's bf16 matrix units (AMX) and halves the bytes
+    A bf16 copy lets decoding use the CPU's bf16 matmul units (AMX or AVX512-BF16) and halves the bytes
     of weights read per step, while the policy keeps fp32 master weights for training.
     Only parameters are cast; buffers (RoPE frequencies) stay as they are. The copy is
     refreshed before a generate call whenever the policy's parameters changed since the
