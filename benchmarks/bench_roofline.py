@@ -1,12 +1,19 @@
 """Roofline (issue 6, target 5): the machine's matmul peak, and how close generation and training get.
 
-    .venv/bin/python benchmarks/bench_roofline.py               # ~10 min on an idle 2-core machine
-    .venv/bin/python benchmarks/bench_roofline.py --quick       # ~2 min: smaller shapes, fewer reps
-    .venv/bin/python benchmarks/bench_roofline.py --json roofline.json
+    .venv/bin/python benchmarks/bench_roofline.py             # the full run (see below)
+    .venv/bin/python benchmarks/bench_roofline.py --quick     # smaller shapes, fewer reps
+    .venv/bin/python benchmarks/bench_roofline.py --quick --threads 1 --json roofline.json
+
+On a shared machine pass --threads 1: with torch's default of one thread per core, every
+parallel matmul waits for its slowest thread, and a thread that another process has
+descheduled stalls it (measured: skinny GEMMs at 0.1-20 GFLOP/s with 2 threads under
+load 8, a steady 10-50 with 1 thread). Under load 5-8 the --quick run took 37 min with
+2 threads and about 6 min with 1.
 
 What it measures, with torch on the CPU, all threads torch uses by default:
   1. matmul throughput (GFLOP/s) in fp32 and bf16: a large square GEMM, whose best rep
-     is the peak every utilisation below is divided by (the best, not the median: on a
+     (measured at the start and again before generation and before training; the best
+     seen) is the peak every utilisation below is divided by (the best, not the median: on a
      shared machine the median understates what the hardware does and so would flatter
      the MFU; both are printed), and the skinny GEMMs of decoding SmolLM2-135M,
      x[rows, k] @ W[k, n] with rows = batch 16 and 64 and W the model's weight shapes
@@ -17,9 +24,9 @@ What it measures, with torch on the CPU, all threads torch uses by default:
      step time if the model were nothing but its matmuls at these measured speeds);
   2. generation: trajlab's HFEngine (`HFEngine.from_spec("default", dtype=...)`) on batch
      16 and 64 chat prompts for 128 new tokens (temperature 1, fixed seed), timed as a
-     whole and, separately, with max_new_tokens=1 (prefill plus one sampling step), with
-     forward hooks timing the decoder stack and the LM head; the rest is sampling,
-     cache bookkeeping and Python;
+     whole, with forward hooks timing the decoder stack (prefill calls, those over more
+     than one position, apart) and the LM head; the rest is sampling, cache bookkeeping
+     and Python. Decode GFLOP/s = decode FLOPs / (total - prefill time);
   3. training: forward and backward of trajlab.models.token_logprobs on a [16, 256] batch
      of random tokens with a 64-token prompt (the LM head runs over the 192 positions
      after it, as trainer.micro_loss does with start=prompt length), every parameter
@@ -193,32 +200,41 @@ class ModuleTimer:
     """Wall time spent inside named modules' forward calls (forward hooks; CPU is synchronous).
 
     A module called inside another timed module is counted in both; pick disjoint ones.
+    `prefill_seconds` holds the share of calls whose input_ids had more than one position
+    (a prefill, as opposed to a one-token decode step).
     """
 
     def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
         self.seconds = dict.fromkeys(modules, 0.0)
+        self.prefill_seconds = dict.fromkeys(modules, 0.0)
         self.calls = dict.fromkeys(modules, 0)
-        self._start: dict[str, float] = {}
+        self._start: dict[str, tuple[float, bool]] = {}
         self._handles = []
         for name, m in modules.items():
-            self._handles.append(m.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
             self._handles.append(m.register_forward_hook(self._post(name)))
 
     def _pre(self, name):
-        def hook(module, args):
-            self._start[name] = time.perf_counter()
+        def hook(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            prefill = isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] > 1
+            self._start[name] = (time.perf_counter(), prefill)
 
         return hook
 
     def _post(self, name):
         def hook(module, args, out):
-            self.seconds[name] += time.perf_counter() - self._start.pop(name)
+            t0, prefill = self._start.pop(name)
+            dt = time.perf_counter() - t0
+            self.seconds[name] += dt
+            self.prefill_seconds[name] += dt if prefill else 0.0
             self.calls[name] += 1
 
         return hook
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
+        self.prefill_seconds = dict.fromkeys(self.seconds, 0.0)
         self.calls = dict.fromkeys(self.calls, 0)
 
     def remove(self) -> None:
@@ -285,13 +301,10 @@ def bench_generation(engine, shape: ModelShape, batch: int, new_tokens: int) -> 
         )  # warm-up
         timer.reset()
         t = time.perf_counter()
-        engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=1, seed=0))
-        prefill_s = time.perf_counter() - t
-        timer.reset()
-        t = time.perf_counter()
         gens = engine.generate(prompts, params)
         total_s = time.perf_counter() - t
         split = dict(timer.seconds)
+        prefill_s = timer.prefill_seconds["layers"]  # decoder calls over whole prompts
     finally:
         timer.remove()
     prefill_f = decode_f = 0
@@ -426,8 +439,8 @@ def print_gemms(r: dict, batches: list[int]) -> None:
         )
 
 
-def print_generation(rows: list[dict], peaks: dict, bounds: dict) -> None:
-    print(f"\n2. generation, HFEngine, 'default' model   {load_line()}")
+def print_generation(rows: list[dict], peaks: dict, bounds: dict, model: str) -> None:
+    print(f"\n2. generation, HFEngine, model {model!r}   {load_line()}")
     print(
         f"{'dtype':<9} {'batch':>5} {'tokens':>6} {'tok/s':>7} {'GFLOP/s':>8} {'MFU %':>6} "
         f"{'decode GF/s':>11} {'dec MFU %':>9} {'bound tok/s':>11} "
@@ -435,6 +448,7 @@ def print_generation(rows: list[dict], peaks: dict, bounds: dict) -> None:
     )
     for g in rows:
         peak = peaks[g["dtype"]]
+        g["mfu"] = g["gflops_total"] / peak
         bound = bounds.get(f"{g['dtype']} {g['batch']}")
         bound_tps = f"{g['batch'] / bound:.0f}" if bound else "-"
         print(
@@ -458,6 +472,7 @@ def print_training(rows: list[dict], peaks: dict) -> None:
     )
     for t in rows:
         peak = peaks[t["matmul_dtype"]]
+        t["mfu"] = t["gflops"] / peak
         bt = f"[{t['batch']}, {t['seq']}]"
         print(
             f"{t['autocast']:<8} {bt:>9} {t['tokens_per_s']:>7.1f} "
@@ -520,7 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     results["gemm"] = gem
     print_gemms(gem, batches)
 
+    def refresh_peak() -> None:
+        """The peak is the best square GEMM seen in the run: load on a shared machine changes."""
+        for name, dtype in DTYPES.items():
+            best = gemm_gflops(square, square, square, dtype, max(2, reps // 2))[1]
+            gem["peak"][name] = max(gem["peak"][name], best)
+
     if "gen" not in skip:
+        refresh_peak()
         gen_rows = []
         for name in args.gen_dtypes.split(","):
             engine = HFEngine.from_spec(args.model, dtype=DTYPES[name], max_batch_size=max(batches))
@@ -532,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             del engine
         results["generation"] = gen_rows
-        print_generation(gen_rows, gem["peak"], gem["step_bound_s"])
+        print_generation(gen_rows, gem["peak"], gem["step_bound_s"], args.model)
 
     if "train" not in skip:
+        refresh_peak()
         train_rows = []
         for ac in args.train_autocast.split(","):
             train_rows.append(
@@ -546,6 +569,17 @@ def main(argv: list[str] | None = None) -> int:
         results["training"] = train_rows
         print_training(train_rows, gem["peak"])
 
+    over = [
+        r
+        for r in results.get("generation", []) + results.get("training", [])
+        if r.get("mfu", 0) > 1
+    ]
+    if over:
+        print(
+            "warning: an MFU above 100% means the load changed between measuring the peak and "
+            "the model: rerun on an idle machine (or with --threads 1 on a shared one)."
+        )
+    print(f"peak used for MFU (best square GEMM seen in the run): {gem['peak']}")
     results["loadavg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -107,8 +107,10 @@ def test_module_timer_counts_calls(tiny):
         with torch.no_grad():
             tiny(input_ids=torch.tensor([[3, 4, 5]]))
             tiny(input_ids=torch.tensor([[3, 4]]))
-        assert timer.calls == {"layers": 2, "lm_head": 2}
-        assert timer.seconds["layers"] > 0
+            tiny(input_ids=torch.tensor([[6]]))  # a one-position call: not a prefill
+        assert timer.calls == {"layers": 3, "lm_head": 3}
+        assert timer.seconds["layers"] > timer.prefill_seconds["layers"] > 0
+        assert timer.prefill_seconds["lm_head"] == 0  # its input is hidden states, not ids
         timer.reset()
         assert timer.calls == {"layers": 0, "lm_head": 0}
     finally:
@@ -146,7 +148,7 @@ def test_generation_and_training_benchmarks_run_on_tiny_model(tiny, tmp_path):
     assert g["prompt_tokens"] == sum(len(p) for p in prompts)
     assert g["flops_prefill"] == sum(rl.generation_flops(s, len(p), 1)[0] for p in prompts)
     assert g["flops_decode"] > 0 or g["new_tokens"] == 3
-    assert g["layers_s"] > 0 and g["lm_head_s"] > 0
+    assert g["layers_s"] > g["prefill_s"] > 0 and g["lm_head_s"] > 0
 
     t = rl.bench_training(tiny, s, batch=2, seq=8, start=3, autocast="none", reps=1)
     assert t["flops"] == rl.training_flops(s, 2, 8, 3)
