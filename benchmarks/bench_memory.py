@@ -142,6 +142,10 @@ def sample_tree(main: int, t: float = 0.0, under: int | None = None) -> Sample |
                 return None
             continue
         pss = pss_bytes(pid)
+        if pss is None and not Path(f"/proc/{pid}").exists():  # exited between the two reads
+            if pid == main:
+                return None
+            continue
         procs += 1
         rss_sum += rss
         if pss is None:
