@@ -458,7 +458,7 @@ def print_generation(rows: list[dict], peaks: dict, bounds: dict, model: str) ->
             f"{g['prefill_s']:>9.2f} {g['layers_s']:>8.2f} {g['lm_head_s']:>7.2f} {g['other_s']:>7.2f}"
         )
     print(
-        "MFU: against the square-GEMM peak of the weights' dtype; bound tok/s: batch / GEMM-only "
+        "MFU: against the best square-GEMM rep of the weights' dtype so far; bound tok/s: batch / GEMM-only "
         "decode step; layers/head/other split the whole generate call (other = sampling, "
         "cache bookkeeping, Python)."
     )
@@ -579,7 +579,20 @@ def main(argv: list[str] | None = None) -> int:
             "warning: an MFU above 100% means the load changed between measuring the peak and "
             "the model: rerun on an idle machine (or with --threads 1 on a shared one)."
         )
-    print(f"peak used for MFU (best square GEMM seen in the run): {gem['peak']}")
+    peaks = gem["peak"]
+    print(
+        f"\nsummary: MFU against the best square GEMM seen in the whole run "
+        f"(fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} GFLOP/s)   {load_line()}"
+    )
+    print(f"{'part':<34} {'GFLOP/s':>8} {'MFU %':>6}")
+    for g in results.get("generation", []):
+        g["mfu_final"] = g["gflops_total"] / peaks[g["dtype"]]
+        label = f"generation {g['dtype']} batch {g['batch']}"
+        print(f"{label:<34} {g['gflops_total']:>8.1f} {100 * g['mfu_final']:>6.1f}")
+    for t in results.get("training", []):
+        t["mfu_final"] = t["gflops"] / peaks[t["matmul_dtype"]]
+        label = f"training autocast={t['autocast']} [{t['batch']}, {t['seq']}]"
+        print(f"{label:<34} {t['gflops']:>8.1f} {100 * t['mfu_final']:>6.1f}")
     results["loadavg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
