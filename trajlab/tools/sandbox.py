@@ -77,12 +77,19 @@ class SandboxUnavailable(SandboxError):
     """The self-check found that the layers required by the chosen mode do not hold."""
 
 
+def default_slots() -> int:
+    """Two zygotes per CPU core, at most 32 (the per-slot uid block)."""
+    return min(32, 2 * (os.cpu_count() or 1))
+
+
 @dataclass
 class SandboxConfig:
     """Every knob of the sandbox. Defaults follow SANDBOX.md's table."""
 
     slots: int = 0
-    """Number of zygotes (parallel executions); 0 = os.cpu_count()."""
+    """Number of zygotes (parallel executions); 0 = two per CPU core (at most 32): a slot
+    spends part of each call waiting on pipes and on setting up its next warm spare, so
+    one slot per core leaves the cores idle part of the time (docs/sandbox.md)."""
     timeout_s: float = 10.0
     """Wall-clock limit per call, enforced outside the sandbox with SIGKILL. Never taken
     from the model's tool arguments."""
@@ -155,7 +162,7 @@ class SandboxConfig:
             (self.memory_bytes >= 64 * MiB, "memory_bytes must be >= 64 MiB"),
             (1 <= self.pids <= 4096, "pids must be in [1, 4096]"),
             (1024 <= self.output_cap_bytes <= MiB, "output_cap_bytes must be in [1 KiB, 1 MiB]"),
-            (self.slots >= 0 and self.slots <= 32, "slots must be in [0, 32] (0 = CPU count)"),
+            (self.slots >= 0 and self.slots <= 32, "slots must be in [0, 32] (0 = 2 per CPU core)"),
             (self.cgroup in ("auto", "v1", "v2", "off"), "cgroup must be auto, v1, v2 or off"),
             (self.max_code_bytes > 0, "max_code_bytes must be > 0"),
         ]
@@ -421,7 +428,7 @@ class SandboxPool:
         self.python = cfg.python or sys.executable
         self._cond = threading.Condition()
         self._closed = False
-        self._slots = [_Slot(i) for i in range(cfg.slots or os.cpu_count() or 1)]
+        self._slots = [_Slot(i) for i in range(cfg.slots or default_slots())]
         self._state = _state_dir()
         self._uids = _UidBlock(self._state, cfg.uid_base) if _is_root() else None
         self._cg_kind = _cgroup_kind(cfg.cgroup)
