@@ -23,7 +23,9 @@ What it measures, with torch on the CPU, all threads torch uses by default:
      From the skinny GEMMs it also derives the GEMM-only bound of one decode step (the
      step time if the model were nothing but its matmuls at these measured speeds);
   2. generation: trajlab's HFEngine (`HFEngine.from_spec("default", dtype=...)`) on batch
-     16 and 64 chat prompts for 128 new tokens (temperature 1, fixed seed), timed as a
+     16 and 64 chat prompts for 128 new tokens (temperature 1, fixed seed), with fp32
+     weights, bf16 weights, and fp32 weights decoding with a bf16 copy (the engine's
+     decode_dtype, the trainer's configuration on bf16 CPUs), timed as a
      whole, with forward hooks timing the decoder stack (prefill calls, those over more
      than one position, apart) and the LM head; the rest is sampling, cache bookkeeping
      and Python. Decode GFLOP/s = decode FLOPs / (total - prefill time);
@@ -204,15 +206,16 @@ class ModuleTimer:
     (a prefill, as opposed to a one-token decode step).
     """
 
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+    def __init__(self, modules: dict[str, torch.nn.Module | list[torch.nn.Module]]) -> None:
         self.seconds = dict.fromkeys(modules, 0.0)
         self.prefill_seconds = dict.fromkeys(modules, 0.0)
         self.calls = dict.fromkeys(modules, 0)
         self._start: dict[str, tuple[float, bool]] = {}
         self._handles = []
-        for name, m in modules.items():
-            self._handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
-            self._handles.append(m.register_forward_hook(self._post(name)))
+        for name, ms in modules.items():
+            for m in ms if isinstance(ms, list) else [ms]:
+                self._handles.append(m.register_forward_pre_hook(self._pre(name), with_kwargs=True))
+                self._handles.append(m.register_forward_hook(self._post(name)))
 
     def _pre(self, name):
         def hook(module, args, kwargs):
@@ -287,19 +290,28 @@ def chat_prompts(tokenizer, n: int, seed: int = 0) -> list[list[int]]:
     return prompts
 
 
+def _decode_copy(engine) -> torch.nn.Module | None:
+    """The weight copy an engine decodes with, if any (HFEngine's decode_dtype; private)."""
+    return getattr(getattr(engine, "_decoder", None), "copy", None)
+
+
 def bench_generation(engine, shape: ModelShape, batch: int, new_tokens: int) -> dict:
     from trajlab.engines.base import SamplingParams
 
-    model = engine.model
-    dtype = next(model.parameters()).dtype
     prompts = chat_prompts(engine.tokenizer, batch)
     params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, seed=0)
-    timer = ModuleTimer({"layers": model.get_decoder(), "lm_head": model.get_output_embeddings()})
+    # Warm up first: an engine that decodes with a copy of the weights in another dtype
+    # makes the copy on its first call, and the copy must not inherit our hooks.
+    engine.generate(prompts[: min(2, batch)], SamplingParams(max_new_tokens=4, seed=0))
+    dtype = getattr(engine, "decode_dtype", None) or next(engine.model.parameters()).dtype
+    models = [m for m in (engine.model, _decode_copy(engine)) if m is not None]
+    timer = ModuleTimer(
+        {
+            "layers": [m.get_decoder() for m in models],
+            "lm_head": [m.get_output_embeddings() for m in models],
+        }
+    )
     try:
-        engine.generate(
-            prompts[: min(2, batch)], SamplingParams(max_new_tokens=4, seed=0)
-        )  # warm-up
-        timer.reset()
         t = time.perf_counter()
         gens = engine.generate(prompts, params)
         total_s = time.perf_counter() - t
@@ -316,7 +328,8 @@ def bench_generation(engine, shape: ModelShape, batch: int, new_tokens: int) -> 
     decode_s = max(total_s - prefill_s, 1e-9)
     return {
         "batch": batch,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),  # what the matmuls ran in
+        "weights": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
         "prompt_tokens": sum(len(p) for p in prompts),
         "new_tokens": tokens,
         "total_s": total_s,
@@ -439,10 +452,14 @@ def print_gemms(r: dict, batches: list[int]) -> None:
         )
 
 
+def _gen_label(g: dict) -> str:
+    return g["dtype"] if g["weights"] == g["dtype"] else f"{g['weights']}:{g['dtype']}"
+
+
 def print_generation(rows: list[dict], peaks: dict, bounds: dict, model: str) -> None:
     print(f"\n2. generation, HFEngine, model {model!r}   {load_line()}")
     print(
-        f"{'dtype':<9} {'batch':>5} {'tokens':>6} {'tok/s':>7} {'GFLOP/s':>8} {'MFU %':>6} "
+        f"{'weights:decode':<17} {'batch':>5} {'tokens':>6} {'tok/s':>7} {'GFLOP/s':>8} {'MFU %':>6} "
         f"{'decode GF/s':>11} {'dec MFU %':>9} {'bound tok/s':>11} "
         f"{'prefill s':>9} {'layers s':>8} {'head s':>7} {'other s':>7}"
     )
@@ -452,13 +469,13 @@ def print_generation(rows: list[dict], peaks: dict, bounds: dict, model: str) ->
         bound = bounds.get(f"{g['dtype']} {g['batch']}")
         bound_tps = f"{g['batch'] / bound:.0f}" if bound else "-"
         print(
-            f"{g['dtype']:<9} {g['batch']:>5} {g['new_tokens']:>6} {g['tokens_per_s']:>7.1f} "
+            f"{_gen_label(g):<17} {g['batch']:>5} {g['new_tokens']:>6} {g['tokens_per_s']:>7.1f} "
             f"{g['gflops_total']:>8.1f} {100 * g['gflops_total'] / peak:>6.1f} "
             f"{g['gflops_decode']:>11.1f} {100 * g['gflops_decode'] / peak:>9.1f} {bound_tps:>11} "
             f"{g['prefill_s']:>9.2f} {g['layers_s']:>8.2f} {g['lm_head_s']:>7.2f} {g['other_s']:>7.2f}"
         )
     print(
-        "MFU: against the best square-GEMM rep of the weights' dtype so far; bound tok/s: batch / GEMM-only "
+        "MFU: against the best square-GEMM rep so far of the dtype decoding ran in; bound tok/s: batch / GEMM-only "
         "decode step; layers/head/other split the whole generate call (other = sampling, "
         "cache bookkeeping, Python)."
     )
@@ -495,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)"
     )
-    ap.add_argument("--gen-dtypes", default="float32,bfloat16", help="engine weight dtypes")
+    ap.add_argument(
+        "--gen-dtypes",
+        default="float32,bfloat16,float32:bfloat16",
+        help="engine weight dtypes; W:D = weights in W, decoding with a D copy (decode_dtype)",
+    )
     ap.add_argument("--train-autocast", default="none,bf16", help="trainer autocast variants")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: gemm,gen,train")
     ap.add_argument("--json", default="", help="write every number here")
@@ -545,7 +566,11 @@ def main(argv: list[str] | None = None) -> int:
         refresh_peak()
         gen_rows = []
         for name in args.gen_dtypes.split(","):
-            engine = HFEngine.from_spec(args.model, dtype=DTYPES[name], max_batch_size=max(batches))
+            weights, _, decode = name.partition(":")  # "float32:bfloat16" = bf16 decode copy
+            kw = {"decode_dtype": decode} if decode else {}
+            engine = HFEngine.from_spec(
+                args.model, dtype=DTYPES[weights], max_batch_size=max(batches), **kw
+            )
             for b in batches:
                 gen_rows.append(bench_generation(engine, shape, b, new_tokens))
                 print(
@@ -584,15 +609,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nsummary: MFU against the best square GEMM seen in the whole run "
         f"(fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} GFLOP/s)   {load_line()}"
     )
-    print(f"{'part':<34} {'GFLOP/s':>8} {'MFU %':>6}")
+    print(f"{'part':<40} {'GFLOP/s':>8} {'MFU %':>6}")
     for g in results.get("generation", []):
         g["mfu_final"] = g["gflops_total"] / peaks[g["dtype"]]
-        label = f"generation {g['dtype']} batch {g['batch']}"
-        print(f"{label:<34} {g['gflops_total']:>8.1f} {100 * g['mfu_final']:>6.1f}")
+        label = f"generation {_gen_label(g)} batch {g['batch']}"
+        print(f"{label:<40} {g['gflops_total']:>8.1f} {100 * g['mfu_final']:>6.1f}")
     for t in results.get("training", []):
         t["mfu_final"] = t["gflops"] / peaks[t["matmul_dtype"]]
         label = f"training autocast={t['autocast']} [{t['batch']}, {t['seq']}]"
-        print(f"{label:<34} {t['gflops']:>8.1f} {100 * t['mfu_final']:>6.1f}")
+        print(f"{label:<40} {t['gflops']:>8.1f} {100 * t['mfu_final']:>6.1f}")
     results["loadavg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -150,6 +150,12 @@ def test_generation_and_training_benchmarks_run_on_tiny_model(tiny, tmp_path):
     assert g["flops_decode"] > 0 or g["new_tokens"] == 3
     assert g["layers_s"] > g["prefill_s"] > 0 and g["lm_head_s"] > 0
 
+    # fp32 weights decoding with a bf16 copy: the copy is what runs, and what is timed
+    engine = HFEngine(tiny, tok, max_batch_size=4, decode_dtype="bfloat16")
+    g = rl.bench_generation(engine, s, batch=2, new_tokens=3)
+    assert (g["weights"], g["dtype"]) == ("float32", "bfloat16")
+    assert g["layers_s"] > 0 and g["lm_head_s"] > 0
+
     t = rl.bench_training(tiny, s, batch=2, seq=8, start=3, autocast="none", reps=1)
     assert t["flops"] == rl.training_flops(s, 2, 8, 3)
     assert t["forward_s"] > 0 and t["backward_s"] > 0
