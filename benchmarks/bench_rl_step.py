@@ -21,7 +21,8 @@ RL step on both systems, with the same workload:
     (`exact_answer_reward` below, called by both sides);
   * the loss normaliser and advantage scaling follow trajlab's resolved config
     (token-mean -> TRL loss_type=dapo; grpo -> scale_rewards=group); bf16 is on for TRL
-    only when trajlab's config uses bf16 (autocast or weights), and gradient checkpointing
+    only when trajlab's config uses bf16 (autocast or weights; `auto` resolved on this CPU, see
+    trajlab.models.native_bf16), and gradient checkpointing
     (TRL's default is on) follows trajlab's config, so both sides run the same precision.
 
 Each system runs in its own subprocess, one after the other (never together), with the same
@@ -277,7 +278,7 @@ def workload_overrides(args: argparse.Namespace, out: Path) -> list[str]:
 def build_workload(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Resolve trajlab's config and derive everything both workers need from it."""
     sys.path.insert(0, str(ROOT))
-    from trajlab.models import resolve_model_dir
+    from trajlab.models import native_bf16, resolve_model_dir
     from trajlab.tasks import load_task, render_messages
     from trajlab.train.config import load_train_config
     from trajlab.train.rl import PromptSampler
@@ -298,7 +299,8 @@ def build_workload(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return [{"role": "user", "content": ex.question}]
         return render_messages(ex, cfg.agent.protocol if cfg.agent.tools else "none")
 
-    bf16 = cfg.optim.autocast == "bf16" or cfg.model.dtype == "bfloat16"
+    autocast = cfg.optim.autocast == "bf16" or (cfg.optim.autocast == "auto" and native_bf16())
+    bf16 = autocast or cfg.model.dtype == "bfloat16"
     return {
         "model_path": str(resolve_model_dir("default")),
         "steps": args.steps,
@@ -327,7 +329,7 @@ def build_workload(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "adam_beta2": cfg.optim.beta2,
             "adam_epsilon": cfg.optim.eps,
         },
-        "trajlab_precision": precision_name(cfg.model.dtype, cfg.optim.autocast == "bf16"),
+        "trajlab_precision": precision_name(cfg.model.dtype, autocast),
     }
 
 
