@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from trajlab.memory import release_memory
     from trajlab.models import resolve_model_dir
     from trajlab.train.config import SFTConfig, load_train_config
     from trajlab.train.rl import load_examples, train
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             str(base), held_out, tools, out / "eval_base", "0 base"
         )
         timings["eval base"] = time.perf_counter() - t0
+        release_memory()  # the stage's model and optimizer are garbage now
 
         t0 = time.perf_counter()
         say(f"[1 data] scripted teacher + real sandbox on {args.sft_size} training questions")
@@ -245,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         sft_cfg.optim.min_lr_ratio = 0.1
         sft_result = sft(sft_cfg)
         timings["sft"] = time.perf_counter() - t0
+        release_memory()
         sft_model = sft_result["model_dir"]
 
         t0 = time.perf_counter()
         results["after SFT"] = held_out_eval(sft_model, held_out, tools, out / "eval_sft", "2 sft")
         timings["eval sft"] = time.perf_counter() - t0
+        release_memory()
 
         t0 = time.perf_counter()
         say(f"[3 rl] GRPO for {args.rl_steps} steps with the real sandbox")
@@ -274,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         rl_cfg = load_train_config(None, overrides)
         train(rl_cfg, examples=train_examples[args.sft_size :], tools=tools)
         timings["rl"] = time.perf_counter() - t0
+        release_memory()
         ckpt_model = next((rl_dir / "checkpoints").glob("step_*/model"))
         t0 = time.perf_counter()
         results["after SFT + RL"] = held_out_eval(
