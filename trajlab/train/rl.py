@@ -77,6 +77,7 @@ from trajlab.algos.length import length_limited_reward, soft_length_penalty, thi
 from trajlab.algos.losses import PolicyLossConfig, fold_kl_into_rewards, kl_penalty, policy_loss
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
+from trajlab.memory import release_memory
 from trajlab.models import (
     autocast_context,
     native_bf16,
@@ -158,6 +159,7 @@ def train(
             batch = [i for i in range(len(trajs)) if keep[i]]
 
             # 4. logprobs of the trained trajectories: old policy, reference, entropy
+            release_memory()  # hand the rollout's KV caches back before activations grow
             t0 = time.perf_counter()
             rows = [make_row(trajs[i]) for i in batch]
             compute_logprobs(run, rows)
