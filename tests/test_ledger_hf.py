@@ -62,17 +62,7 @@ def marker_protocol(monkeypatch, tmp_path):
 
 def test_hf_engine_trajectories_with_tool_calls_keep_the_ledger_invariant(marker_protocol):
     model, tok, engine, prompt = marker_protocol
-    config = AgentConfig(
-        protocol="marker", tools=["echo"], max_turns=4, max_tool_calls=3, max_new_tokens_per_turn=48
-    )
-    loop = AgentLoop(
-        engine,
-        {"echo": EchoTool()},
-        config,
-        sampling=SamplingParams(temperature=1.0, seed=11),
-        prompt_builder=lambda ex: prompt,
-    )
-    trajs = loop.run([(Example(id=f"e{i}", question="q"), 0) for i in range(6)])
+    trajs = _run_marker_episodes(engine, prompt)
     with_calls = [t for t in trajs if t.tool_calls]
     assert with_calls, "no trajectory made a tool call; the marker choice is broken"
     for t in trajs:
@@ -94,18 +84,7 @@ def test_the_fast_path_keeps_the_ledger_invariant(marker_protocol):
     recomputes under bf16 autocast. Token ids and masks stay exact; logprobs agree to
     bf16 precision (the truncated importance weights absorb the difference)."""
     model, tok, _, prompt = marker_protocol
-    engine = HFEngine(model, tok, decode_dtype="bfloat16")
-    config = AgentConfig(
-        protocol="marker", tools=["echo"], max_turns=4, max_tool_calls=3, max_new_tokens_per_turn=48
-    )
-    loop = AgentLoop(
-        engine,
-        {"echo": EchoTool()},
-        config,
-        sampling=SamplingParams(temperature=1.0, seed=11),
-        prompt_builder=lambda ex: prompt,
-    )
-    trajs = loop.run([(Example(id=f"e{i}", question="q"), 0) for i in range(6)])
+    trajs = _run_marker_episodes(HFEngine(model, tok, decode_dtype="bfloat16"), prompt)
     assert any(t.tool_calls for t in trajs)
     diffs = []
     for t in trajs:
@@ -120,6 +99,21 @@ def test_the_fast_path_keeps_the_ledger_invariant(marker_protocol):
         max(diffs),
         sum(diffs) / len(diffs),
     )
+
+
+def _run_marker_episodes(engine: HFEngine, prompt) -> list[Trajectory]:
+    """Six sampled multi-turn episodes of the marker protocol with the echo tool."""
+    config = AgentConfig(
+        protocol="marker", tools=["echo"], max_turns=4, max_tool_calls=3, max_new_tokens_per_turn=48
+    )
+    loop = AgentLoop(
+        engine,
+        {"echo": EchoTool()},
+        config,
+        sampling=SamplingParams(temperature=1.0, seed=11),
+        prompt_builder=lambda ex: prompt,
+    )
+    return loop.run([(Example(id=f"e{i}", question="q"), 0) for i in range(6)])
 
 
 def _sources(t: Trajectory) -> list[str]:
