@@ -13,7 +13,7 @@ recover in the demo).
 
 What it does not do: free anything still referenced, or trim on non-glibc systems
 (malloc_trim is skipped where libc lacks it). Fixing glibc's mmap threshold for the whole
-process was measured too (3 % lower peak, 20 % slower demo) and is not used.
+process was tried on the demo and not kept: a few percent lower peak for a slower run.
 """
 
 from __future__ import annotations
