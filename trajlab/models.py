@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -378,7 +379,7 @@ def token_logprobs_and_entropy(
         temperature,
         start,
         chunk_size,
-        _logprob_entropy_rows if entropy_grad else _logprob_entropy_rows_nograd,
+        functools.partial(_logprob_entropy_rows, entropy_grad=entropy_grad),
         columns=2,
     )  # [B, T, 2]
     ent = both[..., 1]
@@ -386,23 +387,17 @@ def token_logprobs_and_entropy(
 
 
 def _logprob_entropy_rows(
-    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
+    head: torch.nn.Module,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    entropy_grad: bool = False,
 ):
-    # h: [N, H], targets: [N] -> [N, 2] (logprob, entropy)
-    logits = head(h).float() / temperature  # [N, V]
-    logp = logits - logits.logsumexp(-1, keepdim=True)  # [N, V]
-    picked = logp.gather(-1, targets[:, None]).squeeze(-1)  # [N]
-    return torch.stack([picked, -(logp.exp() * logp).sum(-1)], dim=-1)
-
-
-def _logprob_entropy_rows_nograd(
-    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float
-):
-    # h: [N, H], targets: [N] -> [N, 2]; the entropy column carries no gradient
+    # h: [N, H], targets: [N] -> [N, 2] (logprob, entropy); entropy graph only if asked
     logits = head(h).float() / temperature  # [N, V]
     logz = logits.logsumexp(-1, keepdim=True)  # [N, 1]
     picked = logits.gather(-1, targets[:, None]).squeeze(-1) - logz[:, 0]  # [N]
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         logp = logits - logz  # [N, V]
         ent = -(logp.exp() * logp).sum(-1)  # [N]
     return torch.stack([picked, ent], dim=-1)
