@@ -5,18 +5,14 @@ No TRL, no model: the benchmark itself is run by hand (docs/performance.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from fractions import Fraction
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from bench_helpers import load_benchmark
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_rl_step.py"
-_spec = importlib.util.spec_from_file_location("bench_rl_step", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("bench_rl_step")
 
 
 @pytest.mark.parametrize(

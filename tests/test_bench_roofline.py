@@ -6,25 +6,16 @@ FLOP counter (torch.utils.flop_counter) running the real model.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rl = _load("bench_roofline")
+rl = load_benchmark("bench_roofline")
 
 
 @pytest.fixture(scope="module")
