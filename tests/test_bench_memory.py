@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from bench_helpers import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024**2
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")

@@ -6,14 +6,9 @@ FLOP counter (torch.utils.flop_counter) running the real model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from bench_helpers import load_benchmark
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 rl = load_benchmark("bench_roofline")
 
