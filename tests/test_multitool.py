@@ -13,11 +13,13 @@ import pytest
 
 from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.engines.fake import FakeEngine
-from trajlab.eval.harness import EvalConfig, build_tools, evaluate
+from trajlab.build import build_tools
+from trajlab.eval.harness import EvalConfig, evaluate
 from trajlab.eval.metrics import compute_metrics
 from trajlab.retrieval import FakeRetriever, Passage, build_index
 from trajlab.rewards import compute_reward
 from trajlab.tools.kg import KGConfig, KGTool, Triplet, TripletStore
+from trajlab.tools.config import ToolsConfig
 from trajlab.tools.search import SearchConfig, SearchTool
 from trajlab.types import Example
 
@@ -169,11 +171,13 @@ def test_build_tools_passes_index_and_kg_config(tmp_path):
     )
     build_index(corpus, "bm25", tmp_path / "idx")
     cfg = EvalConfig(
-        search=SearchConfig(search_index=str(tmp_path / "idx"), search_k=1),
-        kg=KGConfig(kg_corpus=str(corpus)),
+        tools=ToolsConfig(
+            search=SearchConfig(search_index=str(tmp_path / "idx"), search_k=1),
+            kg=KGConfig(kg_corpus=str(corpus)),
+        ),
         agent=AgentConfig(protocol="search_r1", tools=["search", "kg"]),
     )
-    tools = build_tools(cfg.agent.tools, cfg.agent, cfg)
+    tools = build_tools(cfg.agent.tools, cfg.agent, cfg.tools)
     out = tools["search"].run({"query": "Huxley"}).output
     assert out == "Doc 1(Title: Brave New World) Brave New World is a novel by Aldous Huxley.\n"
     assert (
@@ -183,7 +187,7 @@ def test_build_tools_passes_index_and_kg_config(tmp_path):
     from trajlab.config import ConfigError
 
     with pytest.raises(ConfigError, match="search tool.*trajlab index"):
-        build_tools(["search"], cfg.agent, EvalConfig())
+        build_tools(["search"], cfg.agent, EvalConfig().tools)
 
 
 @pytest.mark.slow

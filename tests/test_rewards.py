@@ -401,11 +401,13 @@ def test_tool_error_penalty(calls, expected):
 
 
 def test_math_toolstar_hierarchy():
-    assert math_toolstar(EX18, tags_traj()) == 1.0
-    assert math_toolstar(EX18, tags_traj("<answer>\\boxed{17}</answer>")) == 0.1
-    assert math_toolstar(EX18, tags_traj(stop="length")) == 0.0  # no end of answer
-    assert math_toolstar(EX18, tags_traj("<answer>18</answer>")) == 0.0  # no box in answer
-    assert math_toolstar(EX18, model("\\boxed{18}")) == 0.0  # format fails
+    right = math_toolstar(EX18, tags_traj())
+    assert right.total == 1.0 and right.components["correct"] == 1.0
+    wrong = math_toolstar(EX18, tags_traj("<answer>\\boxed{17}</answer>"))
+    assert wrong.total == 0.1 and wrong.components["correct"] == 0.0  # 0.1 is not correct
+    assert math_toolstar(EX18, tags_traj(stop="length")).total == 0.0  # no end of answer
+    assert math_toolstar(EX18, tags_traj("<answer>18</answer>")).total == 0.0  # no box in answer
+    assert math_toolstar(EX18, model("\\boxed{18}")).total == 0.0  # format fails
 
 
 # -- combine, lookup, checks --------------------------------------------------

@@ -102,15 +102,15 @@ def build_sft_data(
     model_dir: Path, examples: list[Example], tools: dict[str, Any], out: Path
 ) -> Path:
     """Run the scripted teacher through the real agent loop and sandbox; keep correct episodes."""
+    from trajlab.build import build_scorer
     from trajlab.engines.fake import FakeEngine
-    from trajlab.eval.harness import make_scorer
     from trajlab.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     engine = FakeEngine(tok, teacher({ex.question: ex for ex in examples}))
     loop = AgentLoop(engine, tools, AgentConfig(**AGENT), sampling=SamplingParams(temperature=0))
     trajs = loop.run([(ex, 0) for ex in examples])
-    score = make_scorer("math_correct")
+    score = build_scorer("math_correct")
     for ex, t in zip(examples, trajs):
         score(ex, t)
     good = [t for t in trajs if t.metadata["correct"]]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -208,6 +209,26 @@ class PolicyLossConfig:
     kl_in: str = "loss"
     # Coefficient of the entropy bonus subtracted from the loss (0 in CIR, ToRL, SimpleTIR).
     entropy_coef: float = 0.0
+
+    @classmethod
+    def from_algo(cls, algo: Any, max_new_tokens: int) -> PolicyLossConfig:
+        """From trajlab.train.config.AlgoConfig (0 means off for dual_clip and tis_cap; Dr.
+        GRPO's divisor defaults to the response budget)."""
+        return cls(
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            dual_clip=algo.dual_clip if algo.dual_clip > 0 else None,
+            ratio_level=algo.ratio_level,
+            agg=algo.loss_agg,
+            norm_length=(algo.norm_length or float(max_new_tokens))
+            if algo.loss_agg == "seq-mean-token-sum-norm"
+            else None,
+            tis_cap=algo.tis_cap if algo.tis_cap > 0 else None,
+            kl_estimator=algo.kl,
+            kl_coef=algo.kl_coef,
+            kl_in=algo.kl_in,
+            entropy_coef=algo.entropy_coef,
+        )
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, valid: str) -> ValueError:

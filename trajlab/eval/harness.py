@@ -30,9 +30,8 @@ from trajlab.engines.base import Engine, SamplingParams
 from trajlab.eval.metrics import compute_metrics
 from trajlab.rundir import update_run_json, write_run_json
 from trajlab.tools.base import Tool
-from trajlab.tools.kg import KGConfig
-from trajlab.tools.search import SearchConfig
-from trajlab.types import Example, RewardBreakdown, Trajectory, iter_jsonl, write_jsonl
+from trajlab.tools.config import ToolsConfig
+from trajlab.types import Example, Trajectory, iter_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +49,38 @@ class EvalConfig:
     limit: int = opt(0, "evaluate only the first N examples (0: all)")
     n: int = opt(1, "samples per example (pass@k and maj@k use them)")
     reward: str = opt("math_correct", "reward function name (see trajlab.rewards.REWARDS)")
+    reward_weights: dict[str, float] = opt(
+        {}, "several rewards summed with weights, e.g. {math_correct: 1.0}; replaces `reward`"
+    )
+    correct: str = opt(
+        "",
+        "reward component whose value > 0 means correct (empty: a `correct` component, "
+        "else the first reward > 0)",
+    )
     temperature: float = opt(
         -1.0, "sampling temperature; -1 picks 0 (greedy) for n=1 and 1.0 for n>1"
     )
     top_p: float = opt(1.0, "nucleus sampling threshold")
     top_k: int = opt(0, "top-k sampling (0: off)")
     seed: int = opt(0, "sampling seed")
+    task_seed: int = opt(0, "seed of a built-in task's question generator (arith, puzzles)")
     dtype: str = opt("float32", "model weights dtype on CPU", choices=("float32", "bfloat16"))
     batch_size: int = opt(16, "trajectories rolled out together")
     out: str = opt("", "run directory (default: runs/eval-<time>)")
     progress: bool = opt(True, "show a progress bar")
     prompt: str = opt(
         "",
-        "prompt template name (tasks/prompts.py); empty: the protocol's own, e.g. tags_qa, qa_none",
+        "prompt template name (tasks/prompts.py); empty: the protocol's own, e.g. tags_qa, "
+        "qa_none; question: the question alone",
+    )
+    decode_dtype: str = opt(
+        "float32",
+        "dtype the engine samples in (a copy of the weights when it differs); auto: bfloat16 "
+        "on CPUs with native bf16 matmul",
+        choices=("auto", "float32", "bfloat16"),
     )
     agent: AgentConfig = field(default_factory=AgentConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    kg: KGConfig = field(default_factory=KGConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -81,72 +95,20 @@ class EvalConfig:
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
         )
 
+    def reward_spec(self) -> dict[str, float]:
+        return dict(self.reward_weights) or {self.reward: 1.0}
 
-Scorer = Callable[[Example, Trajectory], None]
+
+Scorer = Callable[[Example, Trajectory], object]
 
 
-def make_scorer(reward_name: str, retrieval: bool = False) -> Scorer:
-    """A scorer sets trajectory.reward, .prediction and metadata['correct'].
+def make_scorer(config: EvalConfig) -> Scorer:
+    """The scorer of an evaluation (trajlab.build.build_scorer, as the trainer uses)."""
+    from trajlab.build import build_scorer
 
-    QA rewards predict with the QA extractor (last <answer>, its box if any). With
-    `retrieval`, it also sets metadata['retrieval_recall'] for examples that name
-    gold supporting titles (meta.supporting_titles).
-    """
-    from trajlab.rewards import get_reward
-    from trajlab.rewards.math import extract_answer, strip_code
-    from trajlab.rewards.qa import QA_REWARDS, extract_qa_answer, retrieval_recall
-
-    reward_fn = get_reward(reward_name)
-    predict = (
-        (lambda t: extract_qa_answer(t.model_text))
-        if reward_name in QA_REWARDS
-        # The model's own final answer: code blocks (and what they print) never count.
-        else (lambda t: extract_answer(strip_code(t.model_text)))
+    return build_scorer(
+        config.reward_spec(), correct=config.correct, retrieval="search" in config.agent.tools
     )
-
-    def score(example: Example, traj: Trajectory) -> None:
-        r = reward_fn(example, traj)
-        rb = (
-            r
-            if isinstance(r, RewardBreakdown)
-            else RewardBreakdown(total=float(r), components={reward_name: float(r)})
-        )
-        traj.reward = rb
-        if traj.prediction is None:
-            traj.prediction = predict(traj)
-        traj.metadata["correct"] = bool(rb.components.get("correct", rb.total > 0))
-        if retrieval:
-            recall = retrieval_recall(example, traj)
-            if recall is not None:
-                traj.metadata["retrieval_recall"] = recall
-
-    return score
-
-
-def build_tools(
-    names: list[str],
-    agent: AgentConfig,
-    config: EvalConfig | None = None,
-    tokenizer: Any = None,
-) -> dict[str, Tool]:
-    """Construct the named tools from trajlab.tools.TOOLS with their config sections.
-
-    `config` supplies `.search` and `.kg` (index directory, k, cache, ...); `tokenizer`
-    is the model's, for token-based truncation of search results.
-    """
-    from trajlab.tools import TOOLS
-
-    tools: dict[str, Tool] = {}
-    for name in names:
-        if name not in TOOLS:
-            raise ConfigError(f"unknown tool {name!r}; available: {', '.join(TOOLS)}")
-        try:
-            tools[name] = TOOLS[name](config=config, tokenizer=tokenizer, protocol=agent.protocol)
-        except (ValueError, FileNotFoundError) as e:
-            for t in tools.values():
-                t.close()
-            raise ConfigError(f"cannot start the {name} tool: {e}") from e
-    return tools
 
 
 def evaluate(
@@ -166,11 +128,11 @@ def evaluate(
         from trajlab.tasks import load_task
 
         examples = load_task(
-            config.task, split=config.split, n=config.limit or None, seed=config.seed
+            config.task, split=config.split, n=config.limit or None, seed=config.task_seed
         )
     if config.limit:
         examples = examples[: config.limit]
-    scorer = scorer or make_scorer(config.reward, retrieval="search" in config.agent.tools)
+    scorer = scorer or make_scorer(config)
     traj_path = out / "trajectories.jsonl"
     done = (
         {(t.example_id, t.sample_index) for t in iter_jsonl(traj_path)}
@@ -192,25 +154,17 @@ def evaluate(
     status = "failed"
     try:
         if jobs:
+            from trajlab.build import build_tools, prompt_builder
+
+            prompts = prompt_builder(config.prompt)
             if engine is None:
-                engine = _load_engine(config)
+                engine = load_engine(config)
             if tools is None:
-                tools = build_tools(config.agent.tools, config.agent, config, engine.tokenizer)
-            prompt_builder = None
-            if config.prompt:
-                from trajlab.tasks.prompts import get_prompt, render_messages
-
-                get_prompt(config.prompt)  # an unknown name fails here, before any rollout
-
-                def prompt_builder(ex: Example) -> list[dict[str, str]]:
-                    return render_messages(ex, config.prompt)
-
+                tools = build_tools(
+                    config.agent.tools, config.agent, config.tools, engine.tokenizer
+                )
             loop = AgentLoop(
-                engine,
-                tools or {},
-                config.agent,
-                sampling=config.sampling(),
-                prompt_builder=prompt_builder,
+                engine, tools or {}, config.agent, sampling=config.sampling(), prompt_builder=prompts
             )
             _roll_out(loop, jobs, scorer, traj_path, config)
         status = "done"
@@ -262,18 +216,19 @@ def _roll_out(
         bar.close()
 
 
-def _load_engine(config: EvalConfig) -> Engine:
-    import torch
+def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) -> Engine:
+    """The evaluation engine: config.model loaded (or the given model), hf, one batch together.
 
-    from trajlab.engines.hf import HFEngine
-    from trajlab.models import load_model, load_tokenizer
+    Decoding on CPU is bound by reading the weights once per step, so a whole harness
+    batch decodes together rather than in the engine's default chunks."""
+    from trajlab.build import build_engine, load_policy
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
-    model = load_model(config.model, dtype=dtype)
-    tok = load_tokenizer(config.model)
-    # Decoding on CPU is bound by reading the weights once per step, so a whole harness
-    # batch decodes together rather than in the engine's default chunks.
-    return HFEngine(model, tok, max_batch_size=config.batch_size)
+    if model is None:
+        model, tokenizer = load_policy(config.model, config.dtype)
+    decode = None if config.decode_dtype == config.dtype else config.decode_dtype
+    return build_engine(
+        "hf", model, tokenizer, max_batch_size=config.batch_size, decode_dtype=decode
+    )
 
 
 def _prepare_run_dir(out: Path, cfg: dict[str, Any], argv: list[str] | None) -> None:

@@ -116,11 +116,7 @@ def compute_metrics(
     out["tool_latency_s_mean"] = _mean(c.latency_s for c in calls) if calls else 0.0
     out["tool_stats"] = tool_stats(trajs)
     for key in ("em", "f1", "cover_em"):
-        values = [
-            t.reward.components[key]
-            for t in trajs
-            if t.reward is not None and key in t.reward.components
-        ]
+        values = [v for t in trajs if (v := _component(t, key)) is not None]
         if values:
             out[key] = _mean(values)
     recalls = [t.metadata["retrieval_recall"] for t in trajs if "retrieval_recall" in t.metadata]
@@ -162,6 +158,16 @@ def tool_stats(trajs: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
             "latency_s_p50": p50,
         }
     return out
+
+
+def _component(t: Trajectory, key: str) -> float | None:
+    """A reward component by name, or as `reward/key` when several rewards were combined."""
+    if t.reward is None:
+        return None
+    comps = t.reward.components
+    if key in comps:
+        return comps[key]
+    return next((v for k, v in comps.items() if k.endswith("/" + key)), None)
 
 
 def _mean(xs: Iterable[float | bool | int]) -> float:

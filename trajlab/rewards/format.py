@@ -29,7 +29,7 @@ What it does not do: judge correctness, or check the `code` protocol's fences
 from __future__ import annotations
 
 from trajlab.rewards.math import extract_answer_tag, extract_boxed, judge, strip_code
-from trajlab.types import Example, Trajectory
+from trajlab.types import Example, RewardBreakdown, Trajectory
 
 TOOL_TAGS = ("python", "search")
 
@@ -104,14 +104,23 @@ def tool_error_penalty(example: Example, trajectory: Trajectory) -> float:
     return 0.0
 
 
-def math_toolstar(example: Example, trajectory: Trajectory) -> float:
-    """Tool-Star's math reward: 0 if malformed or unfinished, 1.0 if right, 0.1 if wrong."""
+def math_toolstar(example: Example, trajectory: Trajectory) -> RewardBreakdown:
+    """Tool-Star's math reward: 0 if malformed or unfinished, 1.0 if right, 0.1 if wrong.
+
+    The breakdown's `correct` component is 1 only for a right answer, so the 0.1 of a
+    well-formed wrong answer never counts as correct in accuracy."""
+
+    def result(value: float) -> RewardBreakdown:
+        return RewardBreakdown(
+            total=value, components={"math_toolstar": value, "correct": float(value == 1.0)}
+        )
+
     if trajectory.stop_reason != "answer":
-        return 0.0  # Tool-Star gives 0 to a response without EOS (cut by the length budget)
+        return result(0.0)  # Tool-Star gives 0 to a response without EOS (cut by the length budget)
     if tags_format_error(trajectory.response_text) is not None:
-        return 0.0
+        return result(0.0)
     answer = extract_answer_tag(strip_code(trajectory.model_text))
     prediction = extract_boxed(answer) if answer is not None else None
     if prediction is None:
-        return 0.0
-    return 1.0 if judge(example, prediction) else 0.1
+        return result(0.0)
+    return result(1.0 if judge(example, prediction) else 0.1)

@@ -5,9 +5,10 @@
     tool.run({"query": "capital of France"}); tool.close()
 
 Each entry is a factory `(config=None, tokenizer=None, protocol="") -> Tool`. `config`
-is any object with the sections a tool reads (`EvalConfig` has them): `.search`
-(SearchConfig, tools/search.py) and `.kg` (KGConfig, tools/kg.py); `tokenizer` is the
-model's, for token-based truncation; `protocol` picks the search result format.
+is a ToolsConfig (tools/config.py, the `tools:` section of train and eval configs) or
+any object with its sections: `.python` (PythonToolConfig), `.search` (SearchConfig)
+and `.kg` (KGConfig); `tokenizer` is the model's, for token-based truncation;
+`protocol` picks the search result format. Build tools with trajlab.build.build_tools.
 
     python   run code in the sandbox (tools/python.py)
     search   top-k passages from a local index or a web API (tools/search.py)
@@ -28,9 +29,9 @@ from trajlab.tools.base import Tool, ToolResult
 
 
 def _python(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:
-    from trajlab.tools.python import PythonTool
+    from trajlab.tools.python import PythonTool, PythonToolConfig
 
-    return PythonTool()
+    return PythonTool(getattr(config, "python", None) or PythonToolConfig())
 
 
 def _search(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:

@@ -23,36 +23,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trajlab.config import opt
 from trajlab.tools.base import ToolResult
 from trajlab.tools.sandbox import SandboxConfig, SandboxPool, SandboxResult, SandboxSession
 
 
 @dataclass
 class PythonToolConfig:
-    """Settings of the python tool. Sandbox fields are passed to SandboxConfig unchanged."""
+    """Settings of the python tool (`tools.python` in train and eval configs). Sandbox
+    fields are passed to SandboxConfig unchanged."""
 
-    timeout_s: float = 10.0
-    """Wall-clock limit per call (never taken from the model's arguments)."""
-    traceback_lines: int = 1
-    """How many trailing traceback lines follow stdout on an error (CIR: 1; 0: none)."""
-    slots: int = 0
-    """Parallel sandboxes (0 = CPU count)."""
-    memory_bytes: int = 1 << 30
-    """Memory limit per sandbox (cgroup, and RLIMIT_AS as a backstop)."""
-    pids: int = 64
-    """Processes and threads per sandbox."""
-    output_cap_bytes: int = 64 * 1024
-    """Captured stdout+stderr per call; beyond it the run is killed (status output_limit)."""
-    max_code_bytes: int = 256 * 1024
-    """Longer code is rejected without running."""
-    allow_loopback: bool = False
-    """Let code use sockets on a private loopback interface (local servers in tests)."""
-    preload: tuple[str, ...] = ("numpy", "sympy")
-    """Modules imported once per zygote so runs start warm."""
-    allow_insecure: bool = False
-    """Run even where the self-check finds the untrusted-mode minimum missing."""
-    hidden_paths: tuple[str, ...] = ()
-    """Extra paths (e.g. hidden tests) the self-check verifies are invisible inside."""
+    timeout_s: float = opt(
+        10.0, "python tool: wall-clock limit per call (never taken from the model's arguments)"
+    )
+    traceback_lines: int = opt(
+        1, "python tool: trailing traceback lines shown after stdout on an error (CIR: 1; 0: none)"
+    )
+    slots: int = opt(0, "python tool: parallel sandboxes (0: two per CPU core)")
+    memory_bytes: int = opt(1 << 30, "python tool: memory limit per sandbox in bytes")
+    pids: int = opt(64, "python tool: processes and threads per sandbox")
+    output_cap_bytes: int = opt(
+        64 * 1024, "python tool: captured stdout+stderr per call; beyond it the run is killed"
+    )
+    max_code_bytes: int = opt(256 * 1024, "python tool: longer code is rejected without running")
+    allow_loopback: bool = opt(
+        False, "python tool: let code use sockets on a private loopback interface"
+    )
+    preload: list[str] = opt(
+        ["numpy", "sympy"], "python tool: modules imported once per zygote so runs start warm"
+    )
+    allow_insecure: bool = opt(
+        False, "python tool: run even where the sandbox self-check finds isolation missing"
+    )
+    hidden_paths: list[str] = opt(
+        [], "python tool: extra paths (e.g. hidden tests) the self-check verifies are invisible"
+    )
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.slots < 0:
+            raise ValueError(f"slots must be >= 0 (0: two per CPU core), got {self.slots}")
 
     def sandbox_config(self) -> SandboxConfig:
         return SandboxConfig(

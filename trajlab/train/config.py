@@ -13,6 +13,7 @@ Groups of TrainConfig:
     data      task, split, held-out evaluation split
     rollout   prompts per step, group size, sampling, engine
     agent     the agent loop (protocol, tools, budgets): trajlab.agent.loop.AgentConfig
+    tools     each tool's settings (sandbox limits, search index): trajlab.tools.config
     reward    reward functions and weights, what counts as correct
     length    ThinkPrune hard limit schedule and soft length penalty
     filters   void-turn, zero-variance (dynamic sampling), difficulty band, overlong
@@ -35,6 +36,7 @@ from trajlab.algos.advantages import ADVANTAGES
 from trajlab.algos.length import check_schedule
 from trajlab.algos.losses import AGG_MODES, KL_ESTIMATORS, KL_PLACES, RATIO_LEVELS
 from trajlab.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
+from trajlab.tools.config import ToolsConfig
 
 DTYPES = ("float32", "bfloat16")
 AUTOCAST = ("auto", "none", "bf16")
@@ -85,9 +87,15 @@ class DataConfig:
     prompt: str = opt(
         "protocol",
         "protocol: the protocol's system prompt and few-shot example (trajlab.tasks.prompts); "
-        "question: the question alone as one user message (tiny models, tests)",
-        choices=("protocol", "question"),
+        "question: the question alone as one user message (tiny models, tests); or any "
+        "template name of trajlab.tasks.prompts",
     )
+
+    def __post_init__(self) -> None:
+        if self.prompt not in ("protocol", "question"):
+            from trajlab.tasks.prompts import get_prompt
+
+            get_prompt(self.prompt)  # names the valid templates
 
 
 @dataclass
@@ -281,6 +289,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     tool_plugins: dict[str, str] = opt(
         {}, "tool name -> 'module:factory' used instead of the built-in tool (tests)"
     )

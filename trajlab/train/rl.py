@@ -84,8 +84,7 @@ from trajlab.models import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from trajlab.rewards import combine as combine_rewards
-from trajlab.rewards import compute_reward
+from trajlab.rewards.scorer import Scorer
 from trajlab.rundir import update_run_json, write_run_json
 from trajlab.train.checkpoint import (
     latest_checkpoint,
@@ -281,13 +280,11 @@ def rollout_sampling(cfg: TrainConfig, step: int, rnd: int) -> SamplingParams:
 
 
 def score(run: Run, step: int, trajs: list[Trajectory], exs: list[Example]) -> None:
-    """Set reward (with length shaping), prediction and metadata['correct'] on each trajectory."""
-    from trajlab.rewards.math import extract_answer
-
+    """Score with the run's Scorer (reward, prediction, metadata['correct'], exactly as
+    `trajlab eval` does), then shape the reward for training: ThinkPrune limit, soft length
+    penalty, DAPO overlong penalty. Shaping never changes what counts as correct."""
     cfg = run.config
-    base: list[RewardBreakdown] = [
-        compute_reward(run.reward_fn, ex, t) for ex, t in zip(exs, trajs)
-    ]
+    base: list[RewardBreakdown] = [run.scorer(ex, t) for ex, t in zip(exs, trajs)]
     totals = torch.tensor([b.total for b in base], dtype=torch.float64)  # [N]
     shaped = totals.clone()  # [N]
     extra: dict[str, torch.Tensor] = {}
@@ -310,14 +307,12 @@ def score(run: Run, step: int, trajs: list[Trajectory], exs: list[Example]) -> N
             cfg.filters.overlong_factor,
         )
         shaped = shaped + extra["overlong_penalty"]
+    if not extra:
+        return
     for k, (t, b) in enumerate(zip(trajs, base)):
         comps = dict(b.components)
         comps.update({name: float(v[k]) for name, v in extra.items()})
         t.reward = RewardBreakdown(total=float(shaped[k]), components=comps)
-        if t.prediction is None:
-            t.prediction = extract_answer(t.model_text)
-        c = comps.get(cfg.reward.correct, 0.0) if cfg.reward.correct else b.total
-        t.metadata["correct"] = bool(c > 0)
 
 
 def group_filters(cfg: TrainConfig, trajs: list[Trajectory]) -> FilterResult:
@@ -703,38 +698,56 @@ def print_alarms(run: Run) -> None:
             run.alarms_seen.add(alarm.name)
 
 
-def evaluate_policy(run: Run, step: int) -> dict[str, float]:
-    """Held-out evaluation through the harness, written to eval/step_XXXXXX/."""
-    from trajlab.eval.harness import EvalConfig, evaluate
+def eval_config(cfg: TrainConfig, out: Path, n: int) -> Any:
+    """The EvalConfig of the periodic held-out evaluation: what `trajlab eval` would run.
 
-    cfg = run.config
-    run.model.eval()
-    ecfg = EvalConfig(
+    Written to eval/step_N/config.json, so `trajlab eval --config that.json --model
+    CHECKPOINT/model` reruns the same evaluation on a saved checkpoint (same scorer,
+    engine, tools and examples; test_train_eval_parity.py checks the records match)."""
+    from trajlab.eval.harness import EvalConfig
+
+    weights = dict(cfg.reward.weights)
+    (first, w), *rest = weights.items()
+    single = not rest and w == 1.0
+    return EvalConfig(
         model=cfg.model.model,
         task=cfg.data.eval_task or cfg.data.task,
         split=cfg.data.eval_split,
-        limit=len(run.eval_examples),
+        task_seed=cfg.data.seed,
+        limit=n,
         n=1,
-        reward=next(iter(cfg.reward.weights)),
+        reward=first,
+        reward_weights={} if single else weights,
+        correct=cfg.reward.correct,
         temperature=cfg.eval.temperature,
         seed=cfg.seed,
+        dtype=cfg.model.dtype,
+        decode_dtype=cfg.model.dtype,
         batch_size=cfg.eval.batch_size,
-        out=str(run.out / "eval" / step_dir_name(step)),
+        out=str(out),
         progress=False,
+        prompt="" if cfg.data.prompt == "protocol" else cfg.data.prompt,
         agent=cfg.agent,
+        tools=cfg.tools,
     )
 
-    def scorer(ex: Example, t: Trajectory) -> None:
-        score(run, max(step, 1), [t], [ex])
 
-    m = evaluate(
-        ecfg,
-        engine=run.engine,
-        tools=run.tools,
-        examples=run.eval_examples,
-        scorer=scorer,
-        argv=run.argv,
+def evaluate_policy(run: Run, step: int) -> dict[str, float]:
+    """Held-out evaluation through the harness, written to eval/step_XXXXXX/.
+
+    The engine is the harness's own (load_engine) over the policy's weights, not the
+    rollout engine: no bf16 decode copy, the evaluation batch size, greedy by default."""
+    from trajlab.eval.harness import evaluate, load_engine
+
+    cfg = run.config
+    run.model.eval()
+    ecfg = eval_config(cfg, run.out / "eval" / step_dir_name(step), len(run.eval_examples))
+    engine = (
+        load_engine(ecfg, run.model, run.tokenizer)
+        if cfg.rollout.engine == "hf" and run.own_engine
+        else run.engine  # scripted (fake) or injected engines evaluate as they roll out
     )
+    m = evaluate(ecfg, engine=engine, tools=run.tools, examples=run.eval_examples, argv=run.argv)
     keys = (
         "accuracy",
         "tool_call_rate",
@@ -792,12 +805,13 @@ class Run:
     model: torch.nn.Module
     tokenizer: Any
     engine: Engine
+    own_engine: bool
     loop: AgentLoop
     tools: dict[str, Any]
     own_tools: bool
     sampler: PromptSampler
     eval_examples: list[Example]
-    reward_fn: Any
+    scorer: Scorer
     optimizer: torch.optim.Optimizer
     scheduler: Any
     trainable: list[torch.nn.Parameter]
@@ -834,111 +848,63 @@ def setup(
     tools: dict[str, Any] | None,
     argv: list[str] | None,
 ) -> Run:
-    from trajlab.models import load_model, load_tokenizer
+    """Build everything the loop touches, in order: seeds, run directory, policy (and the
+    reference when KL is on), optimizer, engine and tools (trajlab.build), data, scorer;
+    then resume from the newest checkpoint."""
+    from trajlab.build import build_engine, build_scorer, build_tools, prompt_builder
 
     out = Path(cfg.out or f"runs/train-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
-    torch.manual_seed(cfg.seed)
-    prepare_run_dir(out, cfg, argv)
-
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-    model = load_model(cfg.model.model, dtype=dtype)
-    tok = load_tokenizer(cfg.model.model)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = True  # generation still uses the KV cache
-    if cfg.model.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(
-            r=cfg.model.lora_r,
-            lora_alpha=cfg.model.lora_alpha,
-            lora_dropout=cfg.model.lora_dropout,
-            target_modules=list(cfg.model.lora_targets),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
-    ref_model = None
-    if cfg.algo.kl != "none" and not cfg.model.lora:
-        ref_model = load_model(cfg.model.model, dtype=dtype)  # frozen: only loaded when KL is on
-        ref_model.requires_grad_(False)
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        trainable, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    seed_everything(cfg)
+    scorer = build_scorer(
+        cfg.reward.weights, correct=cfg.reward.correct, retrieval="search" in cfg.agent.tools
     )
-    total_updates = cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
-
+    prepare_run_dir(out, cfg, argv)
+    model, tok, ref_model = load_models(cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(cfg, trainable)
+    own_engine = engine is None
     if engine is None:
-        engine = build_engine(cfg, model, tok)
+        r = cfg.rollout
+        engine = build_engine(
+            r.engine,
+            model,
+            tok,
+            max_batch_size=r.max_batch_size,
+            decode_dtype=r.decode_dtype,
+            fake_responses=r.fake_responses,
+        )
     own_tools = tools is None
     if tools is None:
-        tools = build_tools(cfg)
-    prompt_builder = None  # the protocol's prompt (trajlab.tasks.prompts.render_messages)
-    if cfg.data.prompt == "question":
-
-        def prompt_builder(ex: Example) -> list[dict[str, str]]:
-            return [{"role": "user", "content": ex.question}]
-
+        tools = build_tools(cfg.agent.tools, cfg.agent, cfg.tools, tok, cfg.tool_plugins)
     loop = AgentLoop(
         engine,
         tools,
         cfg.agent,
         sampling=rollout_sampling(cfg, 1, 0),
-        prompt_builder=prompt_builder,
+        prompt_builder=prompt_builder(cfg.data.prompt),
     )
+    d = cfg.data
     if examples is None:
-        examples = load_examples(cfg.data.task, cfg.data.split, cfg.data.size, cfg.data.seed)
+        examples = load_examples(d.task, d.split, d.size, d.seed)
     if eval_examples is None and cfg.eval.every > 0:
-        eval_examples = load_examples(
-            cfg.data.eval_task or cfg.data.task,
-            cfg.data.eval_split,
-            cfg.data.eval_size,
-            cfg.data.seed,
-        )
-    weights = cfg.reward.weights
-    if not weights:
-        raise ConfigError(
-            "reward.weights is empty; give at least one reward, e.g. {math_correct: 1.0}"
-        )
-    reward_fn = combine_rewards(weights)
-    a = cfg.algo
-    loss_cfg = PolicyLossConfig(
-        clip_low=a.clip_low,
-        clip_high=a.clip_high,
-        dual_clip=a.dual_clip if a.dual_clip > 0 else None,
-        ratio_level=a.ratio_level,
-        agg=a.loss_agg,
-        norm_length=(a.norm_length or float(cfg.agent.max_new_tokens))
-        if a.loss_agg == "seq-mean-token-sum-norm"
-        else None,
-        tis_cap=a.tis_cap if a.tis_cap > 0 else None,
-        kl_estimator=a.kl,
-        kl_coef=a.kl_coef,
-        kl_in=a.kl_in,
-        entropy_coef=a.entropy_coef,
-    )
+        eval_examples = load_examples(d.eval_task or d.task, d.eval_split, d.eval_size, d.seed)
     run = Run(
         config=cfg,
         out=out,
         model=model,
         tokenizer=tok,
         engine=engine,
+        own_engine=own_engine,
         loop=loop,
         tools=tools,
         own_tools=own_tools,
         sampler=PromptSampler(examples, cfg.data.seed),
         eval_examples=eval_examples or [],
-        reward_fn=reward_fn,
+        scorer=scorer,
         optimizer=optimizer,
         scheduler=scheduler,
         trainable=trainable,
-        loss_cfg=loss_cfg,
+        loss_cfg=PolicyLossConfig.from_algo(cfg.algo, cfg.agent.max_new_tokens),
         ref_model=ref_model,
         pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
         argv=list(argv if argv is not None else sys.argv),
@@ -947,6 +913,53 @@ def setup(
     if cfg.log.tensorboard:
         run.tb = TensorBoardLogger(out / "tb")
     return run
+
+
+def seed_everything(cfg: TrainConfig) -> None:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    torch.manual_seed(cfg.seed)
+
+
+def load_models(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, torch.nn.Module | None]:
+    """The policy (with a LoRA adapter when asked), its tokenizer, and the frozen reference
+    when KL is on and no adapter can be switched off to recover it."""
+    from trajlab.build import load_policy
+    from trajlab.models import load_model
+
+    m = cfg.model
+    model, tok = load_policy(m.model, m.dtype)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = True  # generation still uses the KV cache
+    if m.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=m.lora_r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.lora_dropout,
+            target_modules=list(m.lora_targets),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
+    ref_model = None
+    if cfg.algo.kl != "none" and not m.lora:
+        ref_model = load_model(m.model, dtype=m.dtype)  # frozen: only loaded when KL is on
+        ref_model.requires_grad_(False)
+    return model, tok, ref_model
+
+
+def make_optimizer(cfg: TrainConfig, trainable: list[torch.nn.Parameter]) -> tuple[Any, Any]:
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        trainable, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    )
+    total_updates = cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
+    return optimizer, scheduler
 
 
 def lr_lambda(o, total: int):
@@ -966,65 +979,11 @@ def lr_lambda(o, total: int):
     return f
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, tok: Any) -> Engine:
-    if cfg.rollout.engine == "fake":
-        from trajlab.engines.fake import FakeEngine
-
-        responses = list(cfg.rollout.fake_responses)
-        counter = {"i": 0}
-
-        def respond(_prompt: str) -> str:
-            text = responses[counter["i"] % len(responses)]
-            counter["i"] += 1
-            return text
-
-        return FakeEngine(tok, respond, model=model)
-    from trajlab.engines.hf import HFEngine
-
-    decode_dtype = cfg.rollout.decode_dtype
-    if decode_dtype == "auto":
-        decode_dtype = "bfloat16" if native_bf16() else None
-    return HFEngine(
-        model, tok, max_batch_size=cfg.rollout.max_batch_size, decode_dtype=decode_dtype
-    )
-
-
-def build_tools(cfg: TrainConfig) -> dict[str, Any]:
-    """Built-in tools by name, or `tool_plugins` factories ('module:factory') for tests."""
-    from trajlab.eval.harness import build_tools as builtin
-
-    tools = {}
-    for name in cfg.agent.tools:
-        spec = cfg.tool_plugins.get(name)
-        if spec is None:
-            tools.update(builtin([name], cfg.agent))
-            continue
-        module, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"tool_plugins.{name}: cannot load {spec!r}: {e}") from None
-        tools[name] = factory()
-    return tools
-
-
 def load_examples(task: str, split: str, size: int, seed: int) -> list[Example]:
     """Examples of a built-in task or JSONL file, through trajlab.tasks.load_task."""
-    try:
-        from trajlab.tasks import load_task
-    except ImportError:  # adapter while trajlab.tasks grows its registry
-        load_task = _load_task_adapter
+    from trajlab.tasks import load_task
+
     return load_task(task, split=split, n=size or None, seed=seed)
-
-
-def _load_task_adapter(task: str, split: str, n: int | None, seed: int) -> list[Example]:
-    from trajlab.tasks import synthetic
-    from trajlab.tasks.jsonl import load_jsonl_task
-
-    makers = {"arith": synthetic.make_arith, "puzzles": synthetic.make_puzzles}
-    if task in makers:
-        return makers[task](n=n or 100, split=split, seed=seed)
-    return load_jsonl_task(task, limit=n)
 
 
 def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None:

@@ -1,0 +1,144 @@
+"""One construction path: configs in, the objects a run needs out.
+
+    model, tok = load_policy("default", dtype="float32")
+    engine = build_engine("hf", model, tok, max_batch_size=32, decode_dtype="auto")
+    tools = build_tools(["python"], agent_config, tools_config, tok)
+    scorer = build_scorer({"math_correct": 1.0})
+    prompts = prompt_builder("")                      # None: the protocol's own prompt
+
+`trajlab eval`, `trajlab train` (rollouts and periodic held-out evaluation), `trajlab sft`
+and the demo all build through these functions, so an evaluation inside a training run and
+`trajlab eval` of the saved checkpoint differ only in where the weights come from. Engines
+and tools are picked by name from their registries (trajlab.engines.ENGINES,
+trajlab.tools.TOOLS); a `module:factory` plugin may stand in for a tool by name.
+
+What it does not do: run anything, or read YAML (trajlab.config does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from trajlab.config import ConfigError
+from trajlab.rewards.scorer import Scorer
+from trajlab.types import Example
+
+PromptBuilder = Callable[[Example], list[dict[str, str]]]
+
+
+def load_policy(spec: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) of a model spec: 'default', a HF directory or a .gguf file."""
+    from trajlab.models import load_model, load_tokenizer
+
+    return load_model(spec, dtype=dtype), load_tokenizer(spec)
+
+
+def resolve_decode_dtype(decode_dtype: str | None) -> str | None:
+    """'auto' -> bfloat16 on CPUs with native bf16 matmul, else None (the weights' dtype)."""
+    if decode_dtype == "auto":
+        from trajlab.models import native_bf16
+
+        return "bfloat16" if native_bf16() else None
+    return decode_dtype
+
+
+def build_engine(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_batch_size: int = 64,
+    decode_dtype: str | None = None,
+    fake_responses: Sequence[str] = (),
+) -> Any:
+    """The engine called `name` over an already loaded model (trajlab.engines.ENGINES)."""
+    from trajlab.engines import ENGINES
+
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine {name!r}; choose one of: {', '.join(sorted(ENGINES))}")
+    return ENGINES[name](
+        model,
+        tokenizer,
+        max_batch_size=max_batch_size,
+        decode_dtype=resolve_decode_dtype(decode_dtype),
+        fake_responses=list(fake_responses),
+    )
+
+
+def build_tools(
+    names: Sequence[str],
+    agent: Any,
+    config: Any = None,
+    tokenizer: Any = None,
+    plugins: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The named tools, each from trajlab.tools.TOOLS with its section of `config`
+    (a ToolsConfig), or from a `module:factory` plugin named in `plugins`.
+
+    On failure every tool already started is closed before the error is raised."""
+    from trajlab.tools import TOOLS
+
+    plugins = plugins or {}
+    tools: dict[str, Any] = {}
+    try:
+        for name in names:
+            if name in plugins:
+                tools[name] = _plugin(name, plugins[name])()
+                continue
+            if name not in TOOLS:
+                raise ConfigError(
+                    f"unknown tool {name!r} in agent.tools; available: {', '.join(TOOLS)}"
+                )
+            try:
+                tools[name] = TOOLS[name](
+                    config=config, tokenizer=tokenizer, protocol=agent.protocol
+                )
+            except (ValueError, FileNotFoundError) as e:
+                raise ConfigError(f"cannot start the {name} tool: {e}") from e
+    except BaseException:
+        for t in tools.values():
+            t.close()
+        raise
+    return tools
+
+
+def _plugin(name: str, spec: str) -> Callable[[], Any]:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"tool_plugins.{name}: cannot load {spec!r}: {e}") from None
+
+
+def build_scorer(
+    weights: Mapping[str, float] | str, correct: str = "", retrieval: bool = False
+) -> Scorer:
+    """The Scorer of a reward name or a {name: weight} mapping (trajlab.rewards.scorer)."""
+    return Scorer.from_names(weights, correct=correct, retrieval=retrieval)
+
+
+def prompt_builder(name: str) -> PromptBuilder | None:
+    """How an Example becomes chat messages. '' (or 'protocol'): None, so the agent loop
+    uses its protocol's prompt; 'question': the question alone as one user message (tiny
+    models, tests); any other name: that template of trajlab.tasks.prompts."""
+    if name in ("", "protocol"):
+        return None
+    if name == "question":
+        return _question_only
+    from trajlab.tasks.prompts import get_prompt, render_messages
+
+    try:
+        get_prompt(name)  # an unknown name fails here, before any rollout
+    except ValueError as e:
+        raise ConfigError(f"prompt: {e}") from None
+
+    def build(ex: Example) -> list[dict[str, str]]:
+        return render_messages(ex, name)
+
+    return build
+
+
+def _question_only(ex: Example) -> list[dict[str, str]]:
+    return [{"role": "user", "content": ex.question}]
