@@ -117,7 +117,9 @@ def main() -> None:
     )
     ap.add_argument("--n", type=int, default=400, help="calls per scenario")
     ap.add_argument("--repeat", type=int, default=3, help="runs of the concurrent scenario")
-    ap.add_argument("--slots", type=int, default=0, help="zygotes (0 = the pool default, 2 per core)")
+    ap.add_argument(
+        "--slots", type=int, default=0, help="zygotes (0 = the pool default, 2 per core)"
+    )
     ap.add_argument("--preload", default="numpy,sympy", help="modules preloaded in the zygotes")
     ap.add_argument("--quick", action="store_true", help="only the concurrent print(1) scenario")
     args = ap.parse_args()

@@ -12,14 +12,14 @@ import json
 import pytest
 
 from trajlab.agent.loop import AgentConfig, AgentLoop
-from trajlab.engines.fake import FakeEngine
 from trajlab.build import build_tools
+from trajlab.engines.fake import FakeEngine
 from trajlab.eval.harness import EvalConfig, evaluate
 from trajlab.eval.metrics import compute_metrics
 from trajlab.retrieval import FakeRetriever, Passage, build_index
 from trajlab.rewards import compute_reward
-from trajlab.tools.kg import KGConfig, KGTool, Triplet, TripletStore
 from trajlab.tools.config import ToolsConfig
+from trajlab.tools.kg import KGConfig, KGTool, Triplet, TripletStore
 from trajlab.tools.search import SearchConfig, SearchTool
 from trajlab.types import Example
 

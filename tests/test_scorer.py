@@ -61,7 +61,9 @@ def test_correct_names_a_component_and_a_missing_one_is_an_error():
     s = build_scorer({"math_correct": 1.0, "format_boxed": 0.2}, correct="format_boxed")
     s(EX, t)
     assert t.metadata["correct"] is True
-    with pytest.raises(ConfigError, match="reward.correct names .nope.*only the components math_correct"):
+    with pytest.raises(
+        ConfigError, match="reward.correct names .nope.*only the components math_correct"
+    ):
         build_scorer("math_correct", correct="nope")(EX, traj("\\boxed{1}"))
 
 

@@ -164,7 +164,11 @@ def evaluate(
                     config.agent.tools, config.agent, config.tools, engine.tokenizer
                 )
             loop = AgentLoop(
-                engine, tools or {}, config.agent, sampling=config.sampling(), prompt_builder=prompts
+                engine,
+                tools or {},
+                config.agent,
+                sampling=config.sampling(),
+                prompt_builder=prompts,
             )
             _roll_out(loop, jobs, scorer, traj_path, config)
         status = "done"

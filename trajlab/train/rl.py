@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib
 import json
 import random
 import shutil
@@ -80,7 +79,6 @@ from trajlab.engines.base import Engine, SamplingParams
 from trajlab.memory import release_memory
 from trajlab.models import (
     autocast_context,
-    native_bf16,
     token_logprobs,
     token_logprobs_and_entropy,
 )
