@@ -529,3 +529,26 @@ def test_low_precision_inputs(dtype):
     assert out.loss.item() == pytest.approx(0.355, abs=2e-2 if dtype == torch.bfloat16 else 1e-6)
     out.loss.backward()
     assert (logprobs.grad[:, 2] == 0).all() and torch.isfinite(logprobs.grad).all()
+
+
+# -- sampler vs trainer mismatch ---------------------------------------------------------
+
+
+def test_logprob_mismatch_hand_values():
+    from trajlab.algos.losses import logprob_mismatch
+
+    trainer = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.2), 0.0]])  # [1, 4]
+    sampler = torch.tensor([[math.log(0.5), math.log(0.6), math.log(0.4), -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token is a tool token
+    m = logprob_mismatch(trainer, sampler, mask)
+    # log r = 0, log 1.5, log 0.5 ; r = 1, 1.5, 0.5
+    lr = [0.0, math.log(1.5), math.log(0.5)]
+    r = [1.0, 1.5, 0.5]
+    assert m["tokens"] == 3
+    assert m["abs_logprob"] == pytest.approx(sum(abs(x) for x in lr) / 3)
+    assert m["kl_k3"] == pytest.approx(sum((ri - 1) - li for ri, li in zip(r, lr)) / 3)
+    assert m["ratio_outside"] == pytest.approx(2 / 3)  # 1.5 > 1.25 and 0.5 < 0.8
+    same = logprob_mismatch(sampler, sampler, mask)
+    assert same["kl_k3"] == 0.0 and same["abs_logprob"] == 0.0 and same["ratio_outside"] == 0.0
+    empty = logprob_mismatch(trainer, sampler, torch.zeros(1, 4))
+    assert empty == {"abs_logprob": 0.0, "kl_k3": 0.0, "ratio_outside": 0.0, "tokens": 0.0}

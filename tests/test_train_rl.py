@@ -300,3 +300,73 @@ def test_every_recipe_runs_one_step(tiny_model_dir, tmp_path):
         assert all(v == v for v in r.values() if isinstance(v, float)), (
             f"{path.name}: NaN in metrics"
         )
+
+
+# -- rows without a learning signal ----------------------------------------------------
+
+
+def test_zero_advantage_rows_are_skipped_without_changing_the_update(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A zero-variance group's rows (advantage 0, no KL or entropy term) give exactly zero
+    gradient, so not forwarding them leaves the update as it was (up to float order)."""
+    import trajlab.train.rl as rl
+
+    def run_once(out, keep_all: bool):
+        if keep_all:
+            monkeypatch.setattr(
+                rl, "rows_with_signal", lambda rows, adv, only: list(range(len(rows)))
+            )
+        else:
+            monkeypatch.undo()
+        cfg = _cfg(tiny_model_dir, out, "steps=1", "algo.micro_batch_size=2")
+        run = setup(cfg, EXAMPLES, None, None, None, ["test"])
+        trajs, _, _, _ = rl.collect_batch(run, 1, {})
+        rows = [make_row(t) for t in trajs]
+        adv = torch.tensor([0.0, 0.0, 0.0, 1.0, -0.5, -0.5])  # group 1 has no signal
+        stats = rl.update_policy(run, 1, rows, adv)
+        rl.finish(run, "done")
+        return _params(run.model), stats
+
+    skipped, s1 = run_once(tmp_path / "a", keep_all=False)
+    full, s2 = run_once(tmp_path / "b", keep_all=True)
+    assert s1["update/forwarded_rows"] == 3 and s2["update/forwarded_rows"] == 6
+    assert s1["optimizer_steps"] == s2["optimizer_steps"] == 1
+    for k in full:
+        assert torch.allclose(skipped[k], full[k], atol=1e-6, rtol=0), k
+    # and the update did something
+    base = _params(load_model(tiny_model_dir))
+    assert any(not torch.equal(skipped[k], base[k]) for k in base)
+
+
+def test_a_batch_with_no_signal_takes_no_optimizer_step(tiny_model_dir, tmp_path):
+    import trajlab.train.rl as rl
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "z", "steps=1", "optim.weight_decay=0.1")
+    run = setup(cfg, EXAMPLES, None, None, None, ["test"])
+    trajs, _, _, _ = rl.collect_batch(run, 1, {})
+    before = _params(run.model)
+    stats = rl.update_policy(run, 1, [make_row(t) for t in trajs], torch.zeros(len(trajs)))
+    rl.finish(run, "done")
+    assert stats["update/skipped"] == 1.0 and stats["optimizer_steps"] == 0
+    # weight decay and AdamW momentum would have moved the weights of a zero-gradient step
+    assert all(torch.equal(v, before[k]) for k, v in _params(run.model).items())
+
+
+def test_step_metrics_report_learning_diagnostics(tiny_model_dir, tmp_path):
+    r = train(_cfg(tiny_model_dir, tmp_path / "d", "steps=1"), examples=EXAMPLES)
+    for key in (
+        "groups/zero_variance",
+        "mismatch/abs_logprob",
+        "mismatch/kl_k3",
+        "mismatch/ratio_outside",
+        "grad_norm",
+        "entropy",
+        "tool_call_rate",
+        "tool_error_rate",
+        "stop_reason/length",
+        "update/skipped",
+    ):
+        assert key in r, key
+    assert 0.0 <= r["groups/zero_variance"] <= 1.0
+    assert r["mismatch/kl_k3"] >= 0.0 and 0.0 <= r["mismatch/ratio_outside"] <= 1.0

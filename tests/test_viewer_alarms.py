@@ -21,6 +21,9 @@ def healthy(n: int = 12) -> list[dict]:
                 "response_length/mean": 200.0 + s,
                 "stop_reason/length": 0.05,
                 "stop_reason/error": 0.01,
+                "entropy": 0.6 - 0.01 * s,
+                "mismatch/kl_k3": 0.002,
+                "groups/zero_variance": 0.5,
             }
         )
     for s in (4, 8, 12):
@@ -146,6 +149,9 @@ def test_registry_and_unsorted_input():
         "train_eval_divergence",
         "response_length_explosion",
         "truncated_or_errored",
+        "entropy_collapse",
+        "logprob_mismatch",
+        "no_learning_signal",
     }
     rows = healthy()
     for r in rows[6:]:
@@ -153,3 +159,37 @@ def test_registry_and_unsorted_input():
     assert names(list(reversed(rows))) == {"tool_call_rate_collapse"}
     assert check_alarms(rows)[0].severity == "critical"
     assert check_alarms(rows)[0].to_dict()["name"] == "tool_call_rate_collapse"
+
+
+def test_entropy_collapse():
+    rows = healthy()
+    for r in rows[-5:]:
+        r["entropy"] = 0.06  # early mean ~0.57: fell below 20 %
+    (alarm,) = [a for a in check_alarms(rows) if a.name == "entropy_collapse"]
+    assert alarm.evidence["recent"] == pytest.approx(0.06) and "exploring" in alarm.message
+    rows = healthy()
+    for r in rows[-5:]:
+        r["entropy"] = 0.3  # about half: not a collapse
+    assert "entropy_collapse" not in names(rows)
+
+
+def test_logprob_mismatch():
+    rows = healthy()
+    assert "logprob_mismatch" not in names(rows)
+    for r in rows[-5:]:
+        r["mismatch/kl_k3"] = 0.3
+    (alarm,) = [a for a in check_alarms(rows) if a.name == "logprob_mismatch"]
+    assert alarm.severity == "critical" and "decode dtype" in alarm.message
+    # one step alone does not fire when the window mean stays low
+    rows = healthy()
+    rows[-1]["mismatch/kl_k3"] = 0.1
+    assert "logprob_mismatch" not in names(rows)
+
+
+def test_no_learning_signal_needs_several_steps_in_a_row():
+    rows = healthy()
+    rows[-2]["groups/zero_variance"] = rows[-1]["groups/zero_variance"] = 1.0
+    assert "no_learning_signal" not in names(rows)  # two steps: not yet
+    rows[-3]["groups/zero_variance"] = 1.0
+    (alarm,) = [a for a in check_alarms(rows) if a.name == "no_learning_signal"]
+    assert alarm.step == 12 and "advantage was 0" in alarm.message

@@ -205,6 +205,24 @@ def test_compare_same_example_across_steps(page, base_url, runs_dir):
     shot(page, "compare")
 
 
+def test_compare_two_runs_with_paired_intervals(page, base_url):
+    page.goto(base_url + "/#/")
+    page.wait_for_selector("#compare-runs-picker")
+    names = page.locator('#compare-runs-picker select[name="a"] option').all_inner_texts()
+    assert "eval_toy" in names and any("step_000008" in n for n in names)
+    page.select_option('#compare-runs-picker select[name="a"]', label="eval_toy")
+    b = next(n for n in names if "step_000008" in n)
+    page.select_option('#compare-runs-picker select[name="b"]', label=b)
+    page.click("#compare-runs-picker button")
+    page.wait_for_selector("#compare-runs tr[data-metric='accuracy']")
+    row = page.locator("#compare-runs tr[data-metric='accuracy'] td").all_inner_texts()
+    diff, (lo, hi) = float(row[3]), map(float, row[4].strip("[]").split(","))
+    assert lo <= diff <= hi
+    assert row[5] == ("within noise" if lo <= 0 <= hi else ("B higher" if diff > 0 else "B lower"))
+    assert "4 shared examples" in page.locator("p.muted").first.inner_text()
+    shot(page, "compare_runs")
+
+
 def test_exported_report_opens_offline(page, runs_dir, tmp_path):
     out = tmp_path / "report.html"
     write_report(ViewerApp(discover([runs_dir], cache=False)), out, limit=30)

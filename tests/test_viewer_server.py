@@ -187,3 +187,24 @@ def test_cli_errors_and_module_entry(tmp_path, capsys):
         timeout=120,
     )
     assert r.returncode == 0 and "--export" in r.stdout and "127.0.0.1" in r.stdout
+
+
+def test_compare_api_pairs_the_shared_examples(server):
+    app, url = server
+    ids = {r["name"]: r["id"] for r in app.list_runs()["runs"]}
+    a, b = ids["eval"], ids["train/eval/step_000008"]
+    code, body = get(f"{url}/api/compare?a={a}&b={b}")
+    assert code == 200 and body["shared"] == 4 and body["only_a"] == 6
+    acc = next(m for m in body["metrics"] if m["metric"] == "accuracy")
+    lo, hi = acc["ci"]
+    assert lo <= acc["diff"] <= hi and acc["within_noise"] == (lo <= 0 <= hi)
+    # the same numbers as the command line's compare_runs
+    from trajlab.eval.compare import compare_runs
+
+    direct = compare_runs(app.run(a).path, app.run(b).path)
+    assert body["metrics"] == json.loads(json.dumps(direct["metrics"]))
+    # a training run stands for its newest evaluation
+    code, body2 = get(f"{url}/api/compare?a={a}&b={ids['train']}")
+    assert code == 200 and body2["metrics"] == body["metrics"]
+    code, err = get(f"{url}/api/compare?a={a}")
+    assert code == 400 and "compare needs ?a=RUN&b=RUN" in err["error"]

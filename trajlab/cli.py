@@ -4,6 +4,7 @@
     trajlab model prepare            # convert the default model once
     trajlab index CORPUS.jsonl --kind bm25 --out DIR
     trajlab view RUN_DIR [RUN_DIR ...]
+    trajlab compare RUN_A RUN_B      # B - A per metric, paired bootstrap interval
 
 Each subcommand lives in its own module exposing `configure(parser)` and
 `main(args) -> int`; this file only maps names to modules, imported lazily so
@@ -35,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "index": ("trajlab.retrieval.cli", "build a BM25, dense or hybrid index over a JSONL corpus"),
     "view": ("trajlab.viewer.cli", "open the trajectory viewer over run directories"),
+    "compare": (
+        "trajlab.eval.compare",
+        "paired comparison of two runs: per-metric difference with a bootstrap interval",
+    ),
 }
 
 

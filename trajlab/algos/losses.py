@@ -137,6 +137,39 @@ def sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, loss_mask: Tensor
     return _zero_masked(seq.expand_as(diff), mask)  # [B, T]
 
 
+def logprob_mismatch(
+    trainer_logprobs: Tensor,
+    sampling_logprobs: Tensor,
+    loss_mask: Tensor,
+    band: tuple[float, float] = (0.8, 1.25),
+) -> dict[str, float]:
+    """How far the trainer's logprobs of the sampled tokens are from the sampler's.
+
+    With log r = trainer - sampler per token (the tokens were drawn from the sampler):
+      abs_logprob   mean |log r|
+      kl_k3         mean (r - 1) - log r, the k3 estimate of KL(sampler || trainer) (Schulman
+                    2020); 0 when the two agree, always >= 0
+      ratio_outside fraction of tokens with r outside `band` (the PPO-style trust region)
+      tokens        how many tokens were compared (the loss mask's count)
+    A large mismatch means the update is off-policy for reasons that are not learning
+    (precision of a decode copy, kernels, top-p truncation); see trajlab.viewer.alarms.
+    """
+    mask = _mask(loss_mask)  # [B, T]
+    n = float(mask.sum())
+    if n == 0:
+        return {"abs_logprob": 0.0, "kl_k3": 0.0, "ratio_outside": 0.0, "tokens": 0.0}
+    log_r = _zero_masked(trainer_logprobs.detach() - sampling_logprobs.detach(), mask)  # [B, T]
+    r = torch.exp(log_r)  # [B, T]; exp(0) = 1 on masked tokens, which k3 maps to 0
+    k3 = _zero_masked((r - 1) - log_r, mask)  # [B, T]
+    outside = _zero_masked(((r < band[0]) | (r > band[1])).to(log_r.dtype), mask)  # [B, T]
+    return {
+        "abs_logprob": float(log_r.abs().sum()) / n,
+        "kl_k3": float(k3.sum()) / n,
+        "ratio_outside": float(outside.sum()) / n,
+        "tokens": n,
+    }
+
+
 def tis_weights(
     old_logprobs: Tensor, sampling_logprobs: Tensor, loss_mask: Tensor, cap: float = 2.0
 ) -> Tensor:

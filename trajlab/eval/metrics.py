@@ -21,6 +21,9 @@ Correctness of a trajectory is `metadata["correct"]` (set by the scorer). Metric
 - lengths: response tokens (model + tool) and model tokens per trajectory
 - stop reasons: counts
 - throughput: model tokens per second of wall time
+- intervals: `<metric>_ci` = [low, high], a 95 % bootstrap interval over examples of
+  accuracy, tool-call rate, answered rate, em/f1/cover_em, retrieval recall, reward and
+  model tokens (trajlab.eval.compare.intervals)
 
 What this module does not do: decide correctness; it reads what the scorer wrote.
 """
@@ -131,6 +134,9 @@ def compute_metrics(
     rewards = [t.reward.total for t in trajs if t.reward is not None]
     if rewards:
         out["reward_mean"] = _mean(rewards)
+    from trajlab.eval.compare import intervals
+
+    out.update(intervals(trajs))
     if wall_time_s is not None:
         out["wall_time_s"] = wall_time_s
         total_model = sum(t.num_model_tokens for t in trajs)

@@ -45,12 +45,14 @@ def write_summary(path: Path, metrics: dict[str, Any], config: dict[str, Any]) -
         ),
         f"- sampling: temperature {config.get('temperature')}, top-p {config.get('top_p')}, seed {config.get('seed')}",
         "",
-        "| metric | value |",
+        "| metric | value [95 % interval over examples] |",
         "|---|---|",
     ]
     for key, label in _HEADLINE:
         if key in metrics:
-            lines.append(f"| {label} | {_fmt(metrics[key])} |")
+            ci = metrics.get(f"{key}_ci")
+            shown = _fmt(metrics[key]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+            lines.append(f"| {label} | {shown} |")
     for key in sorted(k for k in metrics if k.startswith(("pass@", "maj@"))):
         lines.append(f"| {key} | {_fmt(metrics[key])} |")
     lines += [

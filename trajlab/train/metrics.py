@@ -118,15 +118,24 @@ def progress_line(row: dict[str, Any], step: int, steps: int) -> str:
     if row.get("dynamic_sampling/shortfall"):
         parts.append(f"short {int(row['dynamic_sampling/shortfall'])} groups")
     if "eval/accuracy" in row:
-        parts.append(
-            f"EVAL acc {g('eval/accuracy', '.3f')} tools {g('eval/tool_call_rate', '.2f')}"
-        )
+        parts.append(eval_text(row))
     phases = " ".join(
         f"{k[5:]} {row[k]:.1f}" for k in ("time/rollout", "time/update", "time/eval") if k in row
     )
     parts.append(f"{g('time/step', '.1f')}s ({phases})")
     parts.append(f"{g('tokens_per_s', '.0f')} tok/s")
     return " | ".join(parts)
+
+
+def eval_text(row: dict[str, Any]) -> str:
+    """'EVAL acc 0.660 [0.520, 0.780] tools 0.78' from a row's eval/ keys."""
+    ci = ""
+    if isinstance(row.get("eval/accuracy_ci_low"), (int, float)):
+        ci = f" [{row['eval/accuracy_ci_low']:.3f}, {row['eval/accuracy_ci_high']:.3f}]"
+    tools = row.get("eval/tool_call_rate")
+    return f"EVAL acc {row['eval/accuracy']:.3f}{ci}" + (
+        f" tools {tools:.2f}" if isinstance(tools, (int, float)) else ""
+    )
 
 
 PLOT_KEYS = (

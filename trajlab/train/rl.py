@@ -73,7 +73,13 @@ from trajlab.algos.filters import (
     void_turn_filter,
 )
 from trajlab.algos.length import length_limited_reward, soft_length_penalty, thinkprune_limit
-from trajlab.algos.losses import PolicyLossConfig, fold_kl_into_rewards, kl_penalty, policy_loss
+from trajlab.algos.losses import (
+    PolicyLossConfig,
+    fold_kl_into_rewards,
+    kl_penalty,
+    logprob_mismatch,
+    policy_loss,
+)
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
 from trajlab.memory import release_memory
@@ -93,6 +99,7 @@ from trajlab.train.checkpoint import (
 from trajlab.train.config import TrainConfig
 from trajlab.train.metrics import (
     TensorBoardLogger,
+    eval_text,
     progress_line,
     rollout_metrics,
     weighted_stats,
@@ -477,13 +484,23 @@ def trajectory_filters(cfg: TrainConfig, trajs: list[Trajectory]) -> FilterResul
 def update_policy(
     run: Run, step: int, rows: list[Row], advantages: torch.Tensor
 ) -> dict[str, float]:
-    """epochs x mini_batches optimizer steps over the batch; returns averaged statistics."""
+    """epochs x mini_batches optimizer steps over the batch; returns averaged statistics.
+
+    Rows that cannot move the weights are not forwarded: with no KL term in the loss and
+    no entropy bonus, a row whose advantage is 0 (a zero-variance group) contributes
+    exactly 0 to the gradient, so only the loss divisor counts it (the result is the
+    same update). A mini-batch with nothing left takes no optimizer step at all: AdamW's
+    momentum would otherwise still move the weights on a batch with nothing to learn."""
     cfg = run.config
     run.model.train()
     stats: list[tuple[float, dict[str, float]]] = []
     grad_norms: list[float] = []
     trained_tokens = 0.0
+    forwarded = 0
     n = len(rows)
+    only_policy_term = not (
+        (run.uses_reference and cfg.algo.kl_in == "loss") or cfg.algo.entropy_coef != 0
+    )
     for epoch in range(cfg.algo.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
         perm = torch.randperm(n, generator=g).tolist() if n else []
@@ -491,17 +508,20 @@ def update_policy(
             idx = part.tolist()
             mb = [rows[i] for i in idx]
             denom = loss_denominator(cfg, mb)
-            if denom is None:
+            live = rows_with_signal(mb, advantages[idx], only_policy_term)
+            if denom is None or not live:
                 continue  # nothing trainable in this mini-batch: no step
             run.optimizer.zero_grad(set_to_none=True)
-            for micro_idx in micro_batches_idx(mb, cfg.algo.micro_batch_size):
-                micro = [mb[i] for i in micro_idx]
-                adv = advantages[[idx[i] for i in micro_idx]]  # [B]
+            live_rows = [mb[k] for k in live]
+            for micro_idx in micro_batches_idx(live_rows, cfg.algo.micro_batch_size):
+                micro = [live_rows[i] for i in micro_idx]
+                adv = advantages[[idx[live[i]] for i in micro_idx]]  # [B]
                 out, lp = micro_loss(run, micro, adv, denom)
                 out.loss.backward()
                 w = float(sum(r.loss_mask.sum() for r in micro))
                 stats.append((w, out.stats))
                 trained_tokens += w
+                forwarded += len(micro)
                 if run.on_policy:  # ratio-1 pass: these are the pre-update logprobs
                     for k, r in enumerate(micro):
                         r.old_logprobs = lp[k, : len(r.ids)].detach().float()
@@ -514,8 +534,36 @@ def update_policy(
     out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     out["optimizer_steps"] = float(len(grad_norms))
     out["trained_tokens"] = trained_tokens
+    out["update/forwarded_rows"] = float(forwarded)
+    out["update/skipped"] = float(not grad_norms)
     out["lr"] = run.scheduler.get_last_lr()[0]
+    out.update(mismatch_metrics(rows))
     return out
+
+
+def rows_with_signal(
+    rows: Sequence[Row], advantages: torch.Tensor, only_policy_term: bool
+) -> list[int]:
+    """Indices of rows that can change the weights: trained tokens, and a non-zero
+    advantage unless a KL or entropy term gives every row a gradient."""
+    return [
+        k
+        for k, r in enumerate(rows)
+        if float(r.loss_mask.sum()) > 0 and not (only_policy_term and float(advantages[k]) == 0.0)
+    ]
+
+
+def mismatch_metrics(rows: Sequence[Row]) -> dict[str, float]:
+    """Sampler vs trainer logprobs of the sampled tokens, over rows the trainer scored
+    before its update (trajlab.algos.losses.logprob_mismatch), token-weighted."""
+    parts = []
+    for r in rows:
+        if r.old_logprobs is None:
+            continue
+        m = logprob_mismatch(r.old_logprobs[None], r.sampling_logprobs[None], r.loss_mask[None])
+        if m["tokens"]:
+            parts.append((m.pop("tokens"), m))
+    return {f"mismatch/{k}": v for k, v in weighted_stats(parts).items()}
 
 
 def loss_denominator(cfg: TrainConfig, rows: Sequence[Row]) -> float | None:
@@ -618,6 +666,7 @@ def step_metrics(
     row.update(
         rollout_metrics(trajs, [t.metadata["correct"] for t in trajs], [t.group_id for t in trajs])
     )
+    row["groups/zero_variance"] = zero_variance_share(trajs)
     n = max(len(trajs), 1)
     reasons: dict[str, float] = defaultdict(float)
     if group_res is not None:
@@ -645,6 +694,14 @@ def step_metrics(
     if run.uses_reference and rows:
         row["kl"] = batch_kl(rows)
     return row
+
+
+def zero_variance_share(trajs: Sequence[Trajectory]) -> float:
+    """Fraction of prompt groups whose samples all got the same reward (no GRPO signal)."""
+    by_group: dict[str, set[float]] = defaultdict(set)
+    for t in trajs:
+        by_group[t.group_id].add(round(t.reward.total, 9))
+    return sum(len(v) == 1 for v in by_group.values()) / len(by_group) if by_group else 0.0
 
 
 def _masked(t: Trajectory, key: str) -> list[float]:
@@ -675,10 +732,7 @@ def log_row(run: Run, row: dict[str, Any], step: int) -> dict[str, Any]:
     if run.config.log.progress and step > 0:
         print(progress_line(row, step, run.config.steps), flush=True)
     elif run.config.log.progress and "eval/accuracy" in row:
-        print(
-            f"step 0 | EVAL acc {row['eval/accuracy']:.3f} tools {row.get('eval/tool_call_rate', 0):.2f}",
-            flush=True,
-        )
+        print(f"step 0 | {eval_text(row)}", flush=True)
     if run.config.log.alarms:
         print_alarms(run)
     return row
@@ -754,7 +808,11 @@ def evaluate_policy(run: Run, step: int) -> dict[str, float]:
         "answered_rate",
         "reward_mean",
     )
-    return {f"eval/{k}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
+    out = {f"eval/{k}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
+    for k in ("accuracy", "tool_call_rate"):  # 95 % bootstrap intervals over examples
+        if isinstance(m.get(f"{k}_ci"), list):
+            out[f"eval/{k}_ci_low"], out[f"eval/{k}_ci_high"] = map(float, m[f"{k}_ci"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Each alarm is a small pure function `(rows, config) -> Alarm | None` registered 
 the best window so far), using window means so that one noisy step does not fire.
 Thresholds live in `AlarmConfig`; every field is documented where it is declared.
 
-The five rules (docs/viewer.md has the table):
+The rules (docs/viewer.md has the table):
 - tool_call_rate_collapse: the tool-call rate fell far below its best level. RL on
   tool use commonly collapses to "never call the tool" (SimpleTIR, ToRL report it).
 - format_up_accuracy_down: the format reward rises while accuracy falls, the
@@ -21,6 +21,10 @@ The five rules (docs/viewer.md has the table):
 - response_length_explosion: mean response length grew by a large factor.
 - truncated_or_errored: a large fraction of recent trajectories ended truncated
   (length, context overflow) or errored.
+- entropy_collapse: per-token entropy fell to a small fraction of its early level.
+- logprob_mismatch: the trainer's logprobs of the sampled tokens disagree with the
+  sampler's (k3 KL above a threshold): a numerics or sampling-settings bug.
+- no_learning_signal: every prompt group had zero reward variance for several steps.
 
 Metric names follow docs/run_directory.md. Evaluation values are read from keys
 prefixed `eval/` (the viewer merges periodic `eval/step_N/metrics.json` into the rows
@@ -85,6 +89,19 @@ class AlarmConfig:
     errored_keys: tuple[str, ...] = ("stop_reason/error", "stop_reason/tool_error")
     truncated_max: float = 0.3  # fires when the recent truncated fraction reaches this
     errored_max: float = 0.2  # fires when the recent errored fraction reaches this
+
+    # entropy_collapse: the policy's token entropy fell to a small part of its start
+    entropy_keys: tuple[str, ...] = ("entropy",)
+    entropy_collapse_frac: float = 0.2  # fires when recent <= early * frac ...
+    entropy_floor: float = 0.05  # ... or when the recent mean is below this (nats)
+
+    # logprob_mismatch: the trainer scores sampled tokens differently from the sampler
+    mismatch_key: str = "mismatch/kl_k3"
+    mismatch_max: float = 0.05  # k3 KL(sampler || trainer) per token, recent-window mean
+
+    # no_learning_signal: every prompt group had one reward for several steps in a row
+    zero_variance_key: str = "groups/zero_variance"
+    zero_variance_steps: int = 3  # consecutive steps with all groups at zero variance
 
 
 @dataclass
@@ -279,12 +296,67 @@ def truncated_or_errored(rows: Sequence[Row], cfg: AlarmConfig) -> Alarm | None:
     return Alarm("truncated_or_errored", "warning", parts[0][3], msg, evidence)
 
 
+def entropy_collapse(rows: Sequence[Row], cfg: AlarmConfig) -> Alarm | None:
+    key = _first_key(rows, cfg.entropy_keys)
+    pts = series(rows, key) if key else []
+    if len(pts) < cfg.min_steps:
+        return None
+    e0, e1, step = _early_recent(pts, cfg.window)
+    if e0 > 0 and (e1 <= e0 * cfg.entropy_collapse_frac or e1 < cfg.entropy_floor):
+        return Alarm(
+            "entropy_collapse",
+            "warning",
+            step,
+            f"{key} fell {e0:.3f} -> {e1:.3f} nats per token: the policy has stopped exploring "
+            "(lower the learning rate, raise the temperature, or add clip-higher / an entropy bonus)",
+            {"early": e0, "recent": e1},
+        )
+    return None
+
+
+def logprob_mismatch(rows: Sequence[Row], cfg: AlarmConfig) -> Alarm | None:
+    pts = series(rows, cfg.mismatch_key)
+    if not pts:
+        return None
+    recent = _mean([v for _, v in pts[-cfg.window :]])
+    if recent > cfg.mismatch_max:
+        return Alarm(
+            "logprob_mismatch",
+            "critical" if recent > 4 * cfg.mismatch_max else "warning",
+            pts[-1][0],
+            f"the trainer's logprobs of sampled tokens differ from the sampler's "
+            f"(k3 KL {recent:.4f} per token, limit {cfg.mismatch_max}): check the decode dtype, "
+            "temperature and top-p/top-k, or keep truncated importance weights (algo.tis_cap) on",
+            {"recent": recent},
+        )
+    return None
+
+
+def no_learning_signal(rows: Sequence[Row], cfg: AlarmConfig) -> Alarm | None:
+    pts = series(rows, cfg.zero_variance_key)
+    n = cfg.zero_variance_steps
+    if len(pts) < n or any(v < 1.0 for _, v in pts[-n:]):
+        return None
+    return Alarm(
+        "no_learning_signal",
+        "critical",
+        pts[-1][0],
+        f"for {n} steps every prompt group had one reward for all its samples, so every "
+        "advantage was 0 and nothing was learned: make the task easier or the reward denser, "
+        "sample more (group_size, temperature), or turn on filters.zero_variance with max_rounds > 1",
+        {"steps": float(n)},
+    )
+
+
 ALARMS: dict[str, Callable[[Sequence[Row], AlarmConfig], Alarm | None]] = {
     "tool_call_rate_collapse": tool_call_rate_collapse,
     "format_up_accuracy_down": format_up_accuracy_down,
     "train_eval_divergence": train_eval_divergence,
     "response_length_explosion": response_length_explosion,
     "truncated_or_errored": truncated_or_errored,
+    "entropy_collapse": entropy_collapse,
+    "logprob_mismatch": logprob_mismatch,
+    "no_learning_signal": no_learning_signal,
 }
 
 

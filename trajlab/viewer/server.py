@@ -10,6 +10,7 @@ API (all GET, all JSON):
     /api/runs/<id>/trajectories?<filters>     one page of summary rows (filters: see index.Filters)
     /api/runs/<id>/facets                     steps, stop reasons and filter reasons present
     /api/runs/<id>/trajectory?ref=F:L         one full trajectory plus decoded token pieces if available
+    /api/compare?a=<id>&b=<id>                paired per-metric differences with bootstrap intervals
 
 `ViewerApp` holds the logic and is used both by the handler and by `export.py`, so a
 report and the live server show the same payloads.
@@ -143,9 +144,24 @@ class ViewerApp:
             }
         )
 
+    def compare(self, qs: dict[str, str]) -> dict[str, Any]:
+        """Paired comparison of runs a and b (trajlab.eval.compare, as `trajlab compare`)."""
+        from trajlab.eval.compare import compare_runs
+
+        if not qs.get("a") or not qs.get("b"):
+            raise ValueError("compare needs ?a=RUN&b=RUN (run ids from /api/runs)")
+        ra, rb = self.run(qs["a"]), self.run(qs["b"])
+        try:
+            result = compare_runs(ra.path, rb.path)
+        except FileNotFoundError as e:
+            raise NotFound(str(e)) from None
+        return clean({**result, "a_id": ra.id, "b_id": rb.id, "a_name": ra.name, "b_name": rb.name})
+
     def route(self, path: str, qs: dict[str, str]) -> dict[str, Any]:
         if path == "/api/runs":
             return self.list_runs()
+        if path == "/api/compare":
+            return self.compare(qs)
         m = re.match(r"^/api/runs/([^/]+)/(metrics|trajectories|facets|trajectory)$", path)
         if not m:
             raise NotFound(f"no API endpoint {path}")

@@ -5,6 +5,7 @@
  *   #/browse/RUN?filters                 browse and filter a run's trajectories, paged
  *   #/traj/RUN/REF                       one trajectory: segments, tool calls, reward, token overlays
  *   #/compare/RUN_A/REF_A/RUN_B/REF_B    two trajectories side by side
+ *   #/compare-runs/RUN_A/RUN_B           two runs: paired per-metric differences with intervals
  *
  * In an exported report (window.TRAJLAB_EXPORT) the same code answers API calls from
  * the inlined data and filters the included trajectories in the page.
@@ -104,6 +105,7 @@
       if (parts[0] === "browse") await browsePage(parts[1], params, token);
       else if (parts[0] === "traj") await trajPage(parts[1], parts[2]);
       else if (parts[0] === "compare") await comparePage(parts[1], parts[2], parts[3], parts[4]);
+      else if (parts[0] === "compare-runs") await compareRunsPage(parts[1], parts[2]);
       else { runsCache = null; await runsPage(); }
     } catch (err) {
       app.append(h("div", { class: "errorbox" }, String(err.message || err)));
@@ -218,6 +220,34 @@
       for (const r of evals) t.append(h("tr", {}, h("td", {}, h("a", { href: `#/browse/${r.id}` }, r.name)), keys.map((k) => h("td", { class: "num" }, fmt(r.headline[k])))));
       app.append(t);
     }
+    const comparable = all.filter((r) => r.kind === "eval" || (r.kind === "train" && r.children && r.children.length));
+    if (comparable.length >= 2 && !EXPORT) {
+      const pick = (name, i) => h("select", { name }, comparable.map((r, k) => h("option", { value: r.id, selected: k === i }, r.parent ? `${r.name} (${r.parent})` : r.name)));
+      const a = pick("a", 0), b = pick("b", 1);
+      app.append(h("h2", {}, "Compare two runs"),
+        h("div", { class: "controls", id: "compare-runs-picker" }, "A ", a, " B ", b,
+          h("button", { class: "primary", onclick: () => { location.hash = `#/compare-runs/${a.value}/${b.value}`; } }, "Compare B with A"),
+          h("span", { class: "muted" }, " paired over the examples both evaluated; a training run means its newest evaluation")));
+    }
+  }
+
+  // ---------------------------------------------------------------- compare two runs
+  async function compareRunsPage(ra, rb) {
+    const c = await api("/api/compare", { a: ra, b: rb });
+    app.append(h("div", { class: "crumbs" }, h("a", { href: "#/" }, "Runs"), " \u203a compare runs"));
+    app.append(h("h1", {}, `${c.b_name} vs ${c.a_name}`));
+    app.append(h("p", { class: "muted" }, `A: ${c.a}`, h("br", {}), `B: ${c.b}`, h("br", {}),
+      `${c.shared} shared examples (only in A: ${c.only_a}, only in B: ${c.only_b}); ${Math.round(c.level * 100)} % paired bootstrap interval of B \u2212 A over ${c.n_boot} resamples of the shared examples.`));
+    const t = h("table", { class: "grid", id: "compare-runs" },
+      h("tr", {}, ["metric", "A", "B", "B \u2212 A", "interval", "verdict"].map((x) => h("th", {}, x))));
+    for (const m of c.metrics) {
+      const verdict = m.within_noise ? badge("within noise", "warning") : badge(m.diff > 0 ? "B higher" : "B lower", "done");
+      t.append(h("tr", { dataset: { metric: m.metric } },
+        h("td", {}, m.metric), h("td", { class: "num" }, fmt(m.a)), h("td", { class: "num" }, fmt(m.b)),
+        h("td", { class: "num" }, (m.diff >= 0 ? "+" : "") + m.diff.toFixed(3)),
+        h("td", { class: "num" }, `[${m.ci[0].toFixed(3)}, ${m.ci[1].toFixed(3)}]`), h("td", {}, verdict)));
+    }
+    app.append(t);
   }
 
   // ---------------------------------------------------------------- browse page
