@@ -78,7 +78,11 @@ class DataConfig:
     task: str = opt("arith", "training task: a built-in name (arith, puzzles) or a JSONL file")
     split: str = opt("train", "split of a built-in task to train on", choices=("train", "test"))
     size: int = opt(1000, "examples to draw from the task (0: all of a JSONL file)")
-    seed: int = opt(0, "seed of the built-in task generator and of the shuffle order")
+    seed: int = opt(
+        0,
+        "seed of the built-in task generator (so also of the held-out split) and, with the "
+        "run's seed, of the shuffle order",
+    )
     eval_task: str = opt("", "held-out task for periodic evaluation (empty: the same task)")
     eval_split: str = opt(
         "test", "held-out split (disjoint from train for built-in tasks)", choices=("train", "test")

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import random
 import shutil
 import sys
@@ -208,6 +209,7 @@ def train(
                 timings["eval"] += time.perf_counter() - t0
             timings["step"] = time.perf_counter() - t_step
             row.update({f"time/{k}": v for k, v in timings.items()})
+            row["machine/load_avg_1m"] = os.getloadavg()[0]  # timings mean little without it
             row["tokens_per_s"] = row.get("generated_tokens", 0.0) / max(timings["rollout"], 1e-9)
             last = log_row(run, row, step)
 
@@ -644,6 +646,9 @@ def annotate(
         overlay["filtered"] = _reason(traj_res.reasons, k)
         a = float(advantages[k])
         overlay["advantages"] = [round(a, 6) if m else 0.0 for m in r.loss_mask[p:].tolist()]
+        # Rows that could not move the weights were not forwarded (update_policy), so they
+        # have no trainer logprobs or entropy.
+        overlay["forwarded"] = r.old_logprobs is not None
         if r.old_logprobs is not None:
             overlay["trainer_logprobs"] = [round(x, 6) for x in r.old_logprobs[p:].tolist()]
         if r.entropy is not None:
@@ -823,7 +828,7 @@ def evaluate_policy(run: Run, step: int) -> dict[str, float]:
 class PromptSampler:
     """Epochs over the examples in a seeded shuffled order; its state is the data cursor."""
 
-    def __init__(self, examples: list[Example], seed: int) -> None:
+    def __init__(self, examples: list[Example], seed: int | str) -> None:
         if not examples:
             raise ValueError("no training examples: check data.task, data.split and data.size")
         self.examples, self.seed, self.epoch, self.pos = examples, seed, 0, 0
@@ -954,7 +959,7 @@ def setup(
         loop=loop,
         tools=tools,
         own_tools=own_tools,
-        sampler=PromptSampler(examples, cfg.data.seed),
+        sampler=PromptSampler(examples, f"{cfg.data.seed}/{cfg.seed}"),
         eval_examples=eval_examples or [],
         scorer=scorer,
         optimizer=optimizer,
