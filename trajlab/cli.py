@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trajlab.eval.compare",
         "paired comparison of two runs: per-metric difference with a bootstrap interval",
     ),
+    "seeds": (
+        "trajlab.eval.seeds",
+        "several seeds of one recipe: held-out mean and min-max at every evaluation, curves",
+    ),
 }
 
 

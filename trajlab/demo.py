@@ -1,29 +1,39 @@
 """The demo: the default model (SmolLM2-135M-Instruct) learns to use the Python tool.
 
-    python -m trajlab.demo              # what `make demo` runs (timing: see docs/training.md)
+    python -m trajlab.demo              # what `make demo` runs (timing: README, docs/results.md)
+    python -m trajlab.demo --seed 1     # another seed of the cold start and of RL
     python -m trajlab.demo --quick      # a few-minute version with smaller numbers
 
-Task: `arith`, multi-digit arithmetic (products and sums of 4-6 digit numbers, some as
-word problems) where one line of Python gets the exact answer and a 135M model cannot.
-Protocol `code`: the model writes ```python ... ```, the sandbox's output comes back in
-```output ... ```, and the answer is \\boxed{}.
+Task: `arith`, multi-digit arithmetic (products and sums of 4-6 digit numbers, as bare
+expressions or as short word problems) where one line of Python gets the exact answer
+and a 135M model cannot. Protocol `code`: the model writes ```python ... ```, the
+sandbox's output comes back in ```output ... ```, and the answer is \\boxed{}.
 
-Stages, each printed as it runs:
-  0. held-out evaluation of the untouched model (greedy, N examples of the test split);
-  1. cold start data: for training questions, a scripted "teacher" writes the obviously
-     right program (built from the question's numbers), the REAL sandbox runs it, and the
-     teacher copies the printed number into \\boxed{}. These episodes go through the same
-     agent loop as RL rollouts (trajlab.engines.fake.FakeEngine as the engine), so they are
-     token-exact trajectories with the tool output masked out of the loss;
+Stages, each in its own process (so no stage's memory stays behind for the next one) and
+each printed as it runs:
+  0. held-out evaluation of the untouched model (greedy, the first N questions of the test
+     split);
+  1. cold start, format only: for training questions that are bare expressions, a scripted
+     "teacher" writes print(<the expression>), the REAL sandbox runs it, and the teacher
+     copies the printed number into \\boxed{}. The episodes go through the same agent loop
+     as RL rollouts (trajlab.engines.fake.FakeEngine as the engine), so they are
+     token-exact trajectories with the tool output masked out of the loss. Word problems
+     are left out on purpose: turning "crates of bolts" into a program is what RL has to
+     find out for itself;
   2. `trajlab sft` on them (model tokens only), then held-out evaluation;
-  3. `trajlab train`: GRPO on the SFT model with the real sandbox, then held-out evaluation;
-  4. a summary table of accuracy and tool-call rate after each stage, where everything was
-     written, and the command that opens the viewer.
+  3. GRPO (`trajlab train`) from the SFT model with the real sandbox, then held-out
+     evaluation;
+  4. a table of accuracy with its 95 % interval, tool-call rate and time per stage, one
+     line saying which stage produced which gain (paired bootstrap over the same held-out
+     questions, trajlab.eval.compare), where everything was written, and the command that
+     opens the viewer.
 
 Honesty notes: the held-out questions come from the test split, which never shares a
-question with the training split; evaluation is greedy and identical in every stage.
-The SFT data are written by a script, not by a stronger model: this is a cold start in
-the call format, as R1-Searcher++ and Tool-Star do with curated trajectories.
+question with the training split; evaluation is greedy and identical in every stage. The
+SFT data are written by a script, not by a stronger model: a cold start in the call
+format, as R1-Searcher++ and Tool-Star do with curated trajectories. An interval over
+questions says how much the 40 questions could move the number; the spread over seeds is
+in docs/results.md (`--seed`).
 
 What it does not do: tune anything per machine; the budget knobs are the flags below.
 """
@@ -32,24 +42,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from trajlab.agent.loop import AgentConfig, AgentLoop
-from trajlab.engines.base import SamplingParams
-from trajlab.types import Example, write_jsonl
+from trajlab.agent.loop import AgentConfig
+from trajlab.types import Example
 
 AGENT = dict(
     protocol="code",
     tools=["python"],
     max_turns=3,
     max_tool_calls=2,
-    max_new_tokens_per_turn=80,
-    max_new_tokens=200,
+    max_new_tokens_per_turn=96,
+    max_new_tokens=224,
 )
+TRAIN_POOL = 600  # training questions drawn from the train split
 
 
 def say(msg: str) -> None:
@@ -99,15 +110,17 @@ def teacher(examples: dict[str, Example]):
 
 
 def build_sft_data(
-    model_dir: Path, examples: list[Example], tools: dict[str, Any], out: Path
+    model_dir: str, examples: list[Example], tools: dict[str, Any], out: Path
 ) -> Path:
     """Run the scripted teacher through the real agent loop and sandbox; keep correct episodes."""
+    from trajlab.agent.loop import AgentLoop
     from trajlab.build import build_scorer
+    from trajlab.engines.base import SamplingParams
     from trajlab.engines.fake import FakeEngine
     from trajlab.models import load_tokenizer
+    from trajlab.types import write_jsonl
 
-    tok = load_tokenizer(model_dir)
-    engine = FakeEngine(tok, teacher({ex.question: ex for ex in examples}))
+    engine = FakeEngine(load_tokenizer(model_dir), teacher({ex.question: ex for ex in examples}))
     loop = AgentLoop(engine, tools, AgentConfig(**AGENT), sampling=SamplingParams(temperature=0))
     trajs = loop.run([(ex, 0) for ex in examples])
     score = build_scorer("math_correct")
@@ -120,66 +133,127 @@ def build_sft_data(
     return path
 
 
-# -- evaluation ---------------------------------------------------------------------
+# -- stages (each runs in its own process) ---------------------------------------------
 
 
-def held_out_eval(
-    model_spec: str, examples: list[Example], tools: dict[str, Any], out: Path, label: str
-) -> dict:
-    from trajlab.engines.hf import HFEngine
-    from trajlab.eval.harness import EvalConfig, evaluate
-    from trajlab.models import load_model, load_tokenizer
+def eval_config(model: str, out: Path, n: int) -> Any:
+    from trajlab.eval.harness import EvalConfig
+    from trajlab.tools.config import ToolsConfig
+    from trajlab.tools.python import PythonToolConfig
 
-    t0 = time.perf_counter()
-    say(f"[{label}] evaluating {model_spec} on {len(examples)} held-out questions (greedy)")
-    engine = HFEngine(
-        load_model(model_spec), load_tokenizer(model_spec), max_batch_size=len(examples)
-    )
-    cfg = EvalConfig(
-        model=str(model_spec),
+    return EvalConfig(
+        model=model,
         task="arith",
         split="test",
-        limit=len(examples),
+        limit=n,
         temperature=0.0,
-        batch_size=len(examples),
+        batch_size=n,
         out=str(out),
         progress=True,
         agent=AgentConfig(**AGENT),
+        tools=ToolsConfig(python=PythonToolConfig(timeout_s=5)),
     )
-    m = evaluate(cfg, engine=engine, tools=tools, examples=examples)
-    say(
-        f"[{label}] accuracy {m['accuracy']:.3f} | tool-call rate {m['tool_call_rate']:.3f} | "
-        f"{time.perf_counter() - t0:.0f}s"
-    )
-    return m
 
 
-def python_tools() -> dict[str, Any]:
+def stage_eval(a: dict[str, Any], model: str, out: str) -> dict[str, Any]:
+    from trajlab.eval.harness import evaluate
+
+    m = evaluate(eval_config(model, Path(out), a["eval_size"]), argv=a["argv"])
+    return {k: m[k] for k in ("accuracy", "accuracy_ci", "tool_call_rate", "tool_call_rate_ci")}
+
+
+def stage_sft(a: dict[str, Any], base: str, out: str) -> dict[str, Any]:
+    from trajlab.build import build_tools
+    from trajlab.tasks import load_task
+    from trajlab.tools.config import ToolsConfig
+    from trajlab.train.config import SFTConfig
+    from trajlab.train.sft import sft
+
+    pool = load_task("arith", split="train", n=TRAIN_POOL, seed=0)
+    chosen = [ex for ex in pool if ex.meta["style"] in a["sft_styles"]][: a["sft_size"]]
+    tools = build_tools(["python"], AgentConfig(**AGENT), ToolsConfig())
     try:
-        from trajlab.tools.python import PythonTool
-    except ImportError:  # adapter until trajlab.tools.python lands: the same sandbox pool
-        return {"python": _SandboxPythonTool()}
-    return {"python": PythonTool()}
+        data = build_sft_data(base, chosen, tools, Path(out))
+    finally:
+        for t in tools.values():
+            t.close()
+    cfg = SFTConfig(
+        data=[str(data)],
+        out=str(Path(out) / "sft"),
+        epochs=a["sft_epochs"],
+        batch_size=8,
+        micro_batch_size=4,  # bounds activation memory (docs/performance.md)
+        seed=a["seed"],
+        threads=a["threads"],
+    )
+    cfg.model.model = base
+    cfg.optim.lr = 5e-5
+    cfg.optim.warmup_steps = 2
+    cfg.optim.schedule = "linear"
+    cfg.optim.min_lr_ratio = 0.1
+    return {"model_dir": sft(cfg, argv=a["argv"])["model_dir"]}
 
 
-class _SandboxPythonTool:
-    name = "python"
+def rl_overrides(a: dict[str, Any], model: str, out: str) -> list[str]:
+    """GRPO as in configs/zero_rl_arith.yaml, shorter, with smaller micro-batches."""
+    return [
+        f"out={out}",
+        f"model.model={model}",
+        f"steps={a['rl_steps']}",
+        f"seed={a['seed']}",
+        f"threads={a['threads']}",
+        "data.task=arith",
+        f"data.size={TRAIN_POOL}",
+        "rollout.prompts_per_step=8",
+        "rollout.group_size=8",
+        "rollout.temperature=0.6",
+        "tools.python.timeout_s=5",
+        "reward.weights={math_correct: 1.0}",
+        "filters.zero_variance=true",
+        "optim.lr=1e-5",
+        "algo.micro_batch_size=4",  # bounds activation memory
+        "log.checkpoint_every=1000",
+        "log.keep_checkpoints=1",
+        "eval.every=0",
+        *[f"agent.{k}={json.dumps(v)}" for k, v in AGENT.items()],
+    ]
 
-    def __init__(self) -> None:
-        from trajlab.tools.sandbox import SandboxConfig, SandboxPool
 
-        self.pool = SandboxPool(SandboxConfig(timeout_s=5))
+def stage_rl(a: dict[str, Any], model: str, out: str) -> dict[str, Any]:
+    from trajlab.train.config import load_train_config
+    from trajlab.train.rl import train
 
-    def run(self, args: dict[str, Any]):
-        from trajlab.tools.base import ToolResult
+    train(load_train_config(None, rl_overrides(a, model, out)), argv=a["argv"])
+    return {"model_dir": str(next((Path(out) / "checkpoints").glob("step_*/model")))}
 
-        r = self.pool.run(args["code"])
-        ok = r.status == "ok"
-        text = r.stdout if ok else (r.stderr.strip().splitlines() or [r.status])[-1]
-        return ToolResult(output=text.strip(), ok=ok, status=r.status, latency_s=r.latency_s)
 
-    def close(self) -> None:
-        self.pool.close()
+STAGES = {"eval": stage_eval, "sft": stage_sft, "rl": stage_rl}
+
+
+def _child(name: str, a: dict[str, Any], args: tuple, result_path: str) -> None:
+    if a["threads"]:
+        import torch
+
+        torch.set_num_threads(a["threads"])
+    result = STAGES[name](a, *args)
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_stage(name: str, a: dict[str, Any], *args: str) -> dict[str, Any]:
+    """Run one stage in a fresh process (spawned: nothing of this process's heap is copied)
+    and return what it wrote; its exit hands every page it used back to the system."""
+    from trajlab import demo  # by module name: `python -m trajlab.demo` runs as __main__
+
+    result = Path(a["out"]) / f".stage-{name}-{time.monotonic_ns()}.json"
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=demo._child, args=(name, a, args, str(result)), name=f"demo-{name}")
+    p.start()
+    p.join()
+    if p.exitcode != 0 or not result.exists():
+        raise RuntimeError(f"demo stage {name!r} failed (exit code {p.exitcode}); see above")
+    out = json.loads(result.read_text())
+    result.unlink()
+    return out
 
 
 # -- main ---------------------------------------------------------------------------
@@ -189,124 +263,103 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trajlab.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--eval-size", type=int, default=40, help="held-out questions per evaluation")
     p.add_argument(
-        "--sft-size", type=int, default=48, help="teacher trajectories for the cold start"
+        "--seed", type=int, default=0, help="seed of the cold start and of RL (default: 0)"
     )
-    p.add_argument("--sft-epochs", type=int, default=1)
-    p.add_argument("--rl-steps", type=int, default=3)
+    p.add_argument(
+        "--eval-size", type=int, default=40, help="held-out questions per evaluation (default: 40)"
+    )
+    p.add_argument(
+        "--sft-size",
+        type=int,
+        default=32,
+        help="teacher trajectories for the cold start (default: 32)",
+    )
+    p.add_argument(
+        "--sft-styles",
+        default="expression",
+        help="arith styles the teacher solves, comma-separated: expression, word0, word1, word2 "
+        "(default: expression)",
+    )
+    p.add_argument(
+        "--sft-epochs", type=int, default=1, help="SFT passes over the data (default: 1)"
+    )
+    p.add_argument("--rl-steps", type=int, default=6, help="GRPO steps (default: 6)")
     p.add_argument("--quick", action="store_true", help="small numbers: a few minutes, noisier")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.quick:
-        args.eval_size, args.sft_size, args.sft_epochs, args.rl_steps = 20, 24, 1, 1
+        args.eval_size, args.sft_size, args.rl_steps = 20, 16, 2
 
-    import torch
-
-    from trajlab.memory import release_memory
+    from trajlab.eval.compare import compare_runs
     from trajlab.models import resolve_model_dir
-    from trajlab.train.config import SFTConfig, load_train_config
-    from trajlab.train.rl import load_examples, train
-    from trajlab.train.sft import sft
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    base = resolve_model_dir(args.model)
-    held_out = load_examples("arith", "test", args.eval_size, 0)
-    train_examples = load_examples("arith", "train", 400, 0)
-    tools = python_tools()
+    a = {
+        **vars(args),
+        "out": str(out),
+        "sft_styles": [s.strip() for s in args.sft_styles.split(",") if s.strip()],
+        "argv": ["python", "-m", "trajlab.demo", *(argv if argv is not None else sys.argv[1:])],
+    }
+    base = str(resolve_model_dir(args.model))  # converts the default model once, here
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    try:
+
+    def timed(label: str, fn, *fargs):
         t0 = time.perf_counter()
-        results["base model"] = held_out_eval(
-            str(base), held_out, tools, out / "eval_base", "0 base"
+        r = fn(*fargs)
+        timings[label] = time.perf_counter() - t0
+        return r
+
+    def evaluate(label: str, model: str, folder: str) -> None:
+        say(f"[{label}] evaluating on {args.eval_size} held-out questions (greedy)")
+        m = timed(f"eval {label}", run_stage, "eval", a, model, str(out / folder))
+        results[label] = {**m, "run": str(out / folder), "time_s": timings[f"eval {label}"]}
+        say(
+            f"[{label}] accuracy {_with_ci(m, 'accuracy')} | tool-call rate {m['tool_call_rate']:.3f}"
         )
-        timings["eval base"] = time.perf_counter() - t0
-        release_memory()  # the stage's model and optimizer are garbage now
 
-        t0 = time.perf_counter()
-        say(f"[1 data] scripted teacher + real sandbox on {args.sft_size} training questions")
-        data = build_sft_data(base, train_examples[: args.sft_size], tools, out)
-        say("[2 sft] supervised cold start on the teacher trajectories (tool output masked)")
-        sft_cfg = SFTConfig(
-            data=[str(data)],
-            out=str(out / "sft"),
-            epochs=args.sft_epochs,
-            batch_size=8,
-            micro_batch_size=4,  # bounds activation memory (peak RSS, docs/performance.md)
-            threads=args.threads,
-        )
-        sft_cfg.model.model = str(base)
-        sft_cfg.optim.lr = 5e-5
-        sft_cfg.optim.warmup_steps = 2
-        sft_cfg.optim.schedule = "linear"
-        sft_cfg.optim.min_lr_ratio = 0.1
-        sft_result = sft(sft_cfg)
-        timings["sft"] = time.perf_counter() - t0
-        release_memory()
-        sft_model = sft_result["model_dir"]
+    evaluate("base model", base, "eval_base")
+    say(
+        f"[cold start] scripted teacher + real sandbox on {args.sft_size} training questions "
+        f"({', '.join(a['sft_styles'])}), then SFT (tool output masked)"
+    )
+    sft_model = timed("sft", run_stage, "sft", a, base, str(out))["model_dir"]
+    evaluate("after SFT", sft_model, "eval_sft")
+    say(f"[rl] GRPO for {args.rl_steps} steps from the SFT model, real sandbox")
+    rl_model = timed("rl", run_stage, "rl", a, sft_model, str(out / "rl"))["model_dir"]
+    evaluate("after SFT + RL", rl_model, "eval_rl")
 
-        t0 = time.perf_counter()
-        results["after SFT"] = held_out_eval(sft_model, held_out, tools, out / "eval_sft", "2 sft")
-        timings["eval sft"] = time.perf_counter() - t0
-        release_memory()
-
-        t0 = time.perf_counter()
-        say(f"[3 rl] GRPO for {args.rl_steps} steps with the real sandbox")
-        rl_dir = out / "rl"
-        overrides = [
-            f"out={rl_dir}",
-            f"model.model={sft_model}",
-            f"steps={args.rl_steps}",
-            f"threads={args.threads}",
-            "data.task=arith",
-            "data.size=400",
-            "rollout.prompts_per_step=4",
-            "rollout.group_size=4",
-            "rollout.temperature=1.0",
-            "optim.lr=2e-6",
-            "algo.micro_batch_size=4",  # one prompt group: its prompt runs once
-            "log.checkpoint_every=1000",
-            "log.keep_checkpoints=1",
-            "eval.every=0",
-            *[f"agent.{k}={json.dumps(v)}" for k, v in AGENT.items()],
-        ]
-        rl_cfg = load_train_config(None, overrides)
-        train(rl_cfg, examples=train_examples[args.sft_size :], tools=tools)
-        timings["rl"] = time.perf_counter() - t0
-        release_memory()
-        ckpt_model = next((rl_dir / "checkpoints").glob("step_*/model"))
-        t0 = time.perf_counter()
-        results["after SFT + RL"] = held_out_eval(
-            str(ckpt_model), held_out, tools, out / "eval_rl", "3 rl"
-        )
-        timings["eval rl"] = time.perf_counter() - t0
-    finally:
-        for t in tools.values():
-            t.close()
-
+    gains = {
+        "sft": _gain(compare_runs(out / "eval_base", out / "eval_sft")),
+        "rl": _gain(compare_runs(out / "eval_sft", out / "eval_rl")),
+    }
     total = time.perf_counter() - t_start
     say("")
-    say(f"held-out arith ({len(held_out)} questions, greedy), {args.model}:")
-    say(f"  {'stage':<16} {'accuracy':>9} {'tool-call rate':>15}")
+    say(f"held-out arith ({args.eval_size} questions, greedy), {args.model}, seed {args.seed}:")
+    say(f"  {'stage':<16} {'accuracy [95% interval]':>26} {'tool-call rate':>15} {'time':>7}")
     for label, m in results.items():
-        say(f"  {label:<16} {m['accuracy']:>9.3f} {m['tool_call_rate']:>15.3f}")
+        stage_time = {
+            "base model": 0.0,
+            "after SFT": timings["sft"],
+            "after SFT + RL": timings["rl"],
+        }
+        t = stage_time[label] + m["time_s"]
+        say(f"  {label:<16} {_with_ci(m, 'accuracy'):>26} {m['tool_call_rate']:>15.3f} {t:>6.0f}s")
     say(
-        "time: "
-        + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
-        + f"; total {total / 60:.1f} min"
+        f"gains (paired over the same questions): cold start {_gain_text(gains['sft'])}; "
+        f"RL over SFT {_gain_text(gains['rl'])}"
     )
+    say(f"total {total / 60:.1f} min")
     (out / "demo_results.json").write_text(
         json.dumps(
             {
-                "results": {
-                    k: {"accuracy": v["accuracy"], "tool_call_rate": v["tool_call_rate"]}
-                    for k, v in results.items()
-                },
+                "seed": args.seed,
+                "eval_size": args.eval_size,
+                "results": results,
+                "gains": gains,
                 "timings_s": timings,
                 "total_s": total,
             },
@@ -316,10 +369,28 @@ def main(argv: list[str] | None = None) -> int:
     say(f"run written to {out}")
     from trajlab.cli import trajlab_command
 
+    cmd = trajlab_command()
     say(
-        f"open it with: {trajlab_command()} view {out / 'rl'} {out / 'eval_base'} {out / 'eval_rl'}"
+        f"open it with: {cmd} view {out / 'rl'} {out / 'eval_base'} {out / 'eval_sft'} {out / 'eval_rl'}"
     )
+    say(f"compare two stages: {cmd} compare {out / 'eval_sft'} {out / 'eval_rl'}")
     return 0
+
+
+def _with_ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m[f"{key}_ci"]
+    return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _gain(comparison: dict[str, Any]) -> dict[str, Any]:
+    acc = next(r for r in comparison["metrics"] if r["metric"] == "accuracy")
+    return {"diff": acc["diff"], "ci": acc["ci"], "within_noise": acc["within_noise"]}
+
+
+def _gain_text(g: dict[str, Any]) -> str:
+    lo, hi = g["ci"]
+    verdict = "within noise" if g["within_noise"] else "a real gain" if g["diff"] > 0 else "a loss"
+    return f"{g['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
 
 
 if __name__ == "__main__":
