@@ -62,3 +62,8 @@ def test_compute_metrics_hand_example():
     assert m["stop_reasons"] == {"answer": 3, "length": 1}
     assert m["model_tokens_per_s"] == pytest.approx(12 / 2.0)
     assert m["answered_rate"] == pytest.approx(0.75)
+    assert m["mixed_rate"] == pytest.approx(0.5)  # a: one right, one wrong; b: both wrong
+    # per-example intervals: accuracy values 0.5 (a) and 0.0 (b)
+    lo, hi = m["accuracy_ci"]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.5)
+    assert "mixed_rate" not in compute_metrics(trajs[::2])  # one sample each

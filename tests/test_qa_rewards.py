@@ -250,6 +250,17 @@ def test_retrieval_recall_reads_hits_recorded_by_the_search_tool():
     assert retrieval_recall(ex, t) == 0.5
     assert retrieval_recall(ex, traj(("model", "x"))) == 0.0
     assert retrieval_recall(Example("q", "?", answer="a"), t) is None
+    # as partial credit for search RL: the same number, and an error on rows without gold
+    from trajlab.build import build_scorer
+    from trajlab.rewards.qa import search_recall
+
+    assert search_recall(ex, t) == 0.5
+    with pytest.raises(ValueError, match="no meta.supporting_titles"):
+        search_recall(Example("q", "?", answer="a"), t)
+    t.segments[-1].text = "<answer>Orwell</answer>"
+    rb = build_scorer({"qa_f1": 1.0, "search_recall": 0.5})(ex, t)
+    assert rb.components["search_recall"] == 0.5 and rb.total == pytest.approx(0.25)
+    assert t.metadata["correct"] is False  # F1 0, recall 0.5: searching is not answering
 
 
 def test_every_qa_reward_is_registered():

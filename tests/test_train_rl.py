@@ -22,7 +22,14 @@ from trajlab.train.rl import make_row, micro_loss, setup, train
 from trajlab.types import Example, read_jsonl
 
 EXAMPLES = [
-    Example(id=f"q{i}", question=f"What is {i} plus {i}?", answer=str(2 * i)) for i in range(12)
+    # supporting_titles: search recipes score retrieval recall (rewards/qa.py search_recall)
+    Example(
+        id=f"q{i}",
+        question=f"What is {i} plus {i}?",
+        answer=str(2 * i),
+        meta={"supporting_titles": ["Paris"]},
+    )
+    for i in range(12)
 ]
 
 
@@ -290,7 +297,7 @@ def test_every_recipe_runs_one_step(tiny_model_dir, tmp_path):
                 "agent.max_new_tokens_per_turn=6",
                 "agent.max_new_tokens=16",
                 "agent.max_turns=2",
-                "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
+                "tool_plugins={python: 'train_helpers:EchoPythonTool', search: 'train_helpers:EchoSearchTool'}",
                 "eval.every=0",
                 "log.progress=false",
                 "log.plots=false",

@@ -1,8 +1,8 @@
 """Helpers shared by the trainer tests (importable as `train_helpers`: pytest puts tests/ on
 sys.path; subprocesses get PYTHONPATH=tests). Not a test module itself.
 
-EchoPythonTool: a scripted python tool (no sandbox) that "runs" any code by returning a fixed
-observation. tool_format_reward: the learning test's toy reward for emitting the tags
+EchoPythonTool / EchoSearchTool: scripted python and search tools (no sandbox, no index) that
+answer every call with a fixed observation. tool_format_reward: the learning test's toy reward for emitting the tags
 protocol's call <python>...</python>.
 """
 
@@ -54,3 +54,19 @@ def token_variety_reward(example: Example, trajectory: Trajectory) -> float:
     tests on a random model get non-zero advantages (correctness rewards are all 0 there)."""
     ids = [t for s in trajectory.segments if s.source == "model" for t in s.token_ids]
     return len(set(ids)) / len(ids) if ids else 0.0
+
+
+class EchoSearchTool:
+    """Answers every search with one fixed passage; records the queries it was given."""
+
+    name = "search"
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def run(self, args):
+        self.queries.append(args.get("query", ""))
+        return ToolResult(output="Doc 1(Title: Paris) Paris is the capital of France.")
+
+    def close(self) -> None:
+        pass

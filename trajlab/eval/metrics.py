@@ -10,6 +10,8 @@ Correctness of a trajectory is `metadata["correct"]` (set by the scorer). Metric
 - maj@k: majority vote over the first k samples' predictions (ties go to the answer
   seen first; trajectories without a prediction do not vote); correct if the winning
   prediction was scored correct
+- mixed_rate (n > 1): fraction of examples with both right and wrong samples, i.e. the
+  share of GRPO groups of this size that would carry a learning signal
 - tool statistics: tool-call rate (fraction of trajectories with a call), calls per
   trajectory, tool error rate (failed calls / calls), calls by tool and by status, and
   per tool (`tool_stats`): calls, calls per trajectory, error rate, mean and p50 latency
@@ -101,6 +103,11 @@ def compute_metrics(
         "samples_per_example": n_min,
         "accuracy": _mean(sum(map(correct, g)) / len(g) for g in by_example.values()),
     }
+    if n_min > 1:
+        # examples with both right and wrong samples: the GRPO groups that carry a signal
+        out["mixed_rate"] = _mean(
+            0 < sum(map(correct, g)) < len(g) for g in by_example.values()
+        )
     for k in ks:
         if k <= n_min:
             out[f"pass@{k}"] = _mean(

@@ -16,6 +16,7 @@ _HEADLINE = (
     ("retrieval_recall", "gold supporting titles retrieved (recall)"),
     ("retrieval_all_found", "trajectories that retrieved every gold title"),
     ("answered_rate", "trajectories with an extracted answer"),
+    ("mixed_rate", "examples with both right and wrong samples (GRPO groups with signal)"),
     ("tool_call_rate", "trajectories with a tool call"),
     ("tool_calls_per_trajectory", "tool calls per trajectory"),
     ("tool_error_rate", "failed tool calls / tool calls"),

@@ -69,9 +69,9 @@ REWARDS: dict[str, RewardFn] = {
     "format_boxed": format_boxed,  # 1/0: a complete \boxed{} outside code
     "format_tags": format_tags,  # 1/0: Tool-Star's tags format check
     "tool_error_penalty": tool_error_penalty,  # -0.5 / 0 (ToRL's code penalty)
-    # QA (rewards/qa.py); each reports em, f1, cover_em and correct as components
+    # QA (rewards/qa.py); each but search_recall reports em, f1, cover_em and correct
     **QA_REWARDS,  # qa_em, qa_f1, qa_cover_em, searchr1_em, r1searcher_stage1/2,
-    # r1spp_answer, r1spp_internal, toolstar_qa
+    # r1spp_answer, r1spp_internal, toolstar_qa, search_recall (partial credit)
 }
 
 

@@ -57,9 +57,11 @@ Method rewards (SEED_SPECS.md section 5.4, 6.1-6.3):
   version needs the group, which a per-trajectory reward does not see). Mix them
   with `combine({"r1spp_answer": 1.0, "r1spp_internal": w})`; w is yours to choose.
 
-Retrieval recall (`retrieval_recall`) is not a reward: the fraction of the example's
-gold supporting titles (meta.supporting_titles) among the titles the search tool
-returned in the trajectory (ToolCall.metadata["retrieved"], tools/search.py).
+Retrieval recall (`retrieval_recall`): the fraction of the example's gold supporting
+titles (meta.supporting_titles) among the titles the search tool returned in the
+trajectory (ToolCall.metadata["retrieved"], tools/search.py). As a metric it is not a
+reward; `search_recall` turns it into partial credit for search RL on small models
+(labelled as such: it rewards finding the evidence, not answering).
 
 What it does not do: LLM-as-judge scoring, or Search-R1's format-shaped variant
 (qa_em_format: its validity check is not in the specs).
@@ -358,6 +360,21 @@ def retrieval_recall(example: Example, trajectory: Trajectory) -> float | None:
     return len(gold & got) / len(gold)
 
 
+def search_recall(example: Example, trajectory: Trajectory) -> float:
+    """Partial credit for searching well, not for answering: the fraction of the example's
+    gold supporting titles among the passages the model's searches returned (0 without a
+    search). Meant to be added to an answer reward with a small weight, e.g.
+    {qa_f1: 1.0, search_recall: 0.5}, so that a small model that cannot yet read the answer
+    out of a passage still gets a gradient toward queries that find it."""
+    recall = retrieval_recall(example, trajectory)
+    if recall is None:
+        raise ValueError(
+            f"example {example.id!r} has no meta.supporting_titles, so search_recall cannot "
+            "score it; give every row its gold titles or drop search_recall from the reward"
+        )
+    return float(recall)
+
+
 QA_REWARDS = {
     "qa_em": qa_em,
     "qa_f1": qa_f1,
@@ -368,4 +385,5 @@ QA_REWARDS = {
     "r1spp_answer": r1spp_answer,
     "r1spp_internal": r1spp_internal,
     "toolstar_qa": toolstar_qa,
+    "search_recall": search_recall,
 }
