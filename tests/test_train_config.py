@@ -64,3 +64,13 @@ def test_cross_field_rules():
 def test_sft_config():
     cfg = load_sft_config(None, ["data=[a.jsonl]", "optim.lr=5e-5"])
     assert cfg.data == ["a.jsonl"] and cfg.optim.lr == 5e-5
+
+
+def test_task_options_reach_the_generator_and_bad_ones_name_the_field():
+    from trajlab.train.rl import load_examples
+
+    cfg = load_train_config(None, ["data.options={word_prob: 1.0}", "data.size=20"])
+    exs = load_examples(cfg.data.task, cfg.data.split, cfg.data.size, 0, **cfg.data.options)
+    assert len(exs) == 20 and all(e.meta["style"].startswith("word") for e in exs)
+    with pytest.raises(ValueError, match="unknown option.*word_probability"):
+        load_examples("arith", "train", 5, 0, word_probability=1.0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trajlab.agent.loop import AgentConfig
 from trajlab.algos.advantages import ADVANTAGES
@@ -82,6 +83,11 @@ class DataConfig:
         0,
         "seed of the built-in task generator (so also of the held-out split) and, with the "
         "run's seed, of the shuffle order",
+    )
+    options: dict[str, Any] = opt(
+        {},
+        "options of the training task's generator, e.g. {word_prob: 0.6} for arith "
+        "(trajlab.tasks.synthetic); the held-out split keeps the task's defaults",
     )
     eval_task: str = opt("", "held-out task for periodic evaluation (empty: the same task)")
     eval_split: str = opt(

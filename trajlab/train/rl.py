@@ -946,7 +946,7 @@ def setup(
     )
     d = cfg.data
     if examples is None:
-        examples = load_examples(d.task, d.split, d.size, d.seed)
+        examples = load_examples(d.task, d.split, d.size, d.seed, **d.options)
     if eval_examples is None and cfg.eval.every > 0:
         eval_examples = load_examples(d.eval_task or d.task, d.eval_split, d.eval_size, d.seed)
     run = Run(
@@ -1040,11 +1040,14 @@ def lr_lambda(o, total: int):
     return f
 
 
-def load_examples(task: str, split: str, size: int, seed: int) -> list[Example]:
+def load_examples(task: str, split: str, size: int, seed: int, **options: Any) -> list[Example]:
     """Examples of a built-in task or JSONL file, through trajlab.tasks.load_task."""
     from trajlab.tasks import load_task
 
-    return load_task(task, split=split, n=size or None, seed=seed)
+    try:
+        return load_task(task, split=split, n=size or None, seed=seed, **options)
+    except TypeError as e:  # an option the generator does not take
+        raise ConfigError(f"data.options: {e}") from None
 
 
 def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None:
