@@ -16,7 +16,9 @@ def make_run(path, evals: dict[int, float], reward: float):
     for step in range(0, 11):
         row = {"step": step, "time": 100.0 + step, "machine/load_avg_1m": 1.5}
         if step:
-            row.update({"reward/total/mean": reward + 0.01 * step, "entropy": 0.5, "time/step": 1.0})
+            row.update(
+                {"reward/total/mean": reward + 0.01 * step, "entropy": 0.5, "time/step": 1.0}
+            )
         if step in evals:
             row.update({"eval/accuracy": evals[step], "eval/tool_call_rate": 0.5})
         rows.append(row)

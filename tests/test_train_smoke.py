@@ -68,6 +68,10 @@ def test_train_cli_two_steps_then_resume(tiny_model_dir, tmp_path, capsys):
             "tokens_per_s",
         } <= r.keys()
     assert "eval/accuracy" in rows[-1] and (out / "eval" / "step_000002" / "metrics.json").is_file()
+    lo, hi = rows[-1]["eval/accuracy_ci_low"], rows[-1]["eval/accuracy_ci_high"]
+    assert lo <= rows[-1]["eval/accuracy"] <= hi
+    summary = (out / "summary.md").read_text()
+    assert "| step | accuracy |" in summary and "Alarms:" in summary
     assert (out / "checkpoints" / "step_000002" / "trainer_state.json").is_file()
     assert (out / "trajectories" / "step_000002.jsonl").is_file() and (
         out / "metrics.png"

@@ -105,9 +105,7 @@ def compute_metrics(
     }
     if n_min > 1:
         # examples with both right and wrong samples: the GRPO groups that carry a signal
-        out["mixed_rate"] = _mean(
-            0 < sum(map(correct, g)) < len(g) for g in by_example.values()
-        )
+        out["mixed_rate"] = _mean(0 < sum(map(correct, g)) < len(g) for g in by_example.values())
     for k in ks:
         if k <= n_min:
             out[f"pass@{k}"] = _mean(

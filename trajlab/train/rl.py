@@ -103,6 +103,7 @@ from trajlab.train.metrics import (
     eval_text,
     progress_line,
     rollout_metrics,
+    training_summary,
     weighted_stats,
     write_plots,
 )
@@ -814,7 +815,7 @@ def evaluate_policy(run: Run, step: int) -> dict[str, float]:
         "reward_mean",
     )
     out = {f"eval/{k}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
-    for k in ("accuracy", "tool_call_rate"):  # 95 % bootstrap intervals over examples
+    for k in ("accuracy", "tool_call_rate", "answered_rate"):  # 95 % intervals over examples
         if isinstance(m.get(f"{k}_ci"), list):
             out[f"eval/{k}_ci_low"], out[f"eval/{k}_ci_high"] = map(float, m[f"{k}_ci"])
     return out
@@ -1127,6 +1128,8 @@ def save(run: Run, step: int) -> None:
 
 
 def finish(run: Run, status: str) -> None:
+    if run.rows:
+        (run.out / "summary.md").write_text(training_summary(run.rows, run.config, status))
     if run.config.log.plots and run.rows:
         try:
             write_plots(run.out / "metrics.png", run.rows)
