@@ -780,7 +780,9 @@ def eval_config(cfg: TrainConfig, out: Path, n: int) -> Any:
         temperature=cfg.eval.temperature,
         seed=cfg.seed,
         dtype=cfg.model.dtype,
-        decode_dtype=cfg.model.dtype,
+        decode_dtype=cfg.model.dtype
+        if cfg.eval.decode_dtype == "float32"
+        else cfg.eval.decode_dtype,
         batch_size=cfg.eval.batch_size,
         out=str(out),
         progress=False,
