@@ -107,3 +107,39 @@ def write_plot(path: Path, metrics: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_curves(
+    path: Path | str,
+    panels: list[tuple[str, list[float], list[list[float]]]],
+    title: str = "",
+    cols: int = 3,
+) -> Path | None:
+    """A grid of curves over steps: panels of (title, steps, values per step). One value per
+    step draws a line; several (one per seed) draw their mean with a min-max band."""
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, (name, steps, vals) in zip(axes.flat, panels):
+        if any(len(v) > 1 for v in vals):
+            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.25)
+        mean = [sum(v) / len(v) for v in vals]
+        ax.plot(steps, mean, marker="o" if len(steps) < 30 else None, markersize=3)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -160,10 +160,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def plot_seeds(runs: list[str | Path], path: str | Path) -> Path:
     """Mean curve and min-max band over seeds for each of CURVES that the runs logged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trajlab.eval.report import plot_curves
 
     all_rows = [read_rows(r) for r in runs]
     panels = []
@@ -175,24 +172,9 @@ def plot_seeds(runs: list[str | Path], path: str | Path) -> Path:
         steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
         if steps:
             panels.append((title, steps, [[p[s] for p in per_run] for s in steps]))
-    cols = 3
-    nrows = max(1, (len(panels) + cols - 1) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (title, steps, vals) in zip(axes.flat, panels):
-        mean = [sum(v) / len(v) for v in vals]
-        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.25)
-        ax.plot(steps, mean, marker="o" if len(steps) < 12 else None, markersize=3)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.suptitle(f"mean over {len(runs)} seeds, band: min-max", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    if not panels:
+        raise ValueError("the runs share no logged step of any curve; nothing to plot")
+    return plot_curves(path, panels, f"mean over {len(runs)} seeds, band: min-max")
 
 
 # -- the `trajlab seeds` command ----------------------------------------------------------

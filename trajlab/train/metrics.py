@@ -224,34 +224,14 @@ PLOT_KEYS = (
 
 def write_plots(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
     """A grid of the headline curves over steps; keys a run never logged are skipped."""
-    import matplotlib
+    from trajlab.eval.report import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = []
+    panels = []
     for key, title in PLOT_KEYS:
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if pts:
-            series.append((title, pts))
-    if not series:
-        return None
-    cols = 3
-    nrows = (len(series) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
-    for ax, (title, pts) in zip(axes.flat, series):
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+            panels.append((title, [s for s, _ in pts], [[v] for _, v in pts]))
+    return plot_curves(path, panels)
 
 
 class TensorBoardLogger:
