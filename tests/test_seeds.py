@@ -64,3 +64,24 @@ def test_errors_name_the_fix(tmp_path, capsys):
         summarize_seeds([a, b])
     assert trajlab_main(["seeds", str(a), str(tmp_path / "nope")]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err
+
+
+def test_qa_metrics_come_from_the_eval_directories(tmp_path, capsys):
+    runs = []
+    for i in range(2):
+        run = make_run(tmp_path / f"q{i}", {0: 0.0, 10: 0.0}, 0.1)
+        for step, recall in ((0, 0.1), (10, 0.3 + 0.1 * i)):
+            d = run / "eval" / f"step_{step:06d}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(
+                json.dumps({"f1": 0.01 * step, "retrieval_recall": recall})
+            )
+        runs.append(run)
+    s = summarize_seeds(runs)
+    last = s["eval"][-1]
+    assert last["eval/retrieval_recall"]["min"] == pytest.approx(0.3)
+    assert last["eval/retrieval_recall"]["max"] == pytest.approx(0.4)
+    assert last["eval/f1"]["mean"] == pytest.approx(0.1)
+    assert trajlab_main(["seeds", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| 10 | 0.100 [0.100, 0.100] | 0.350 [0.300, 0.400] |" in out

@@ -24,12 +24,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-EVAL_KEYS = ("eval/accuracy", "eval/tool_call_rate", "eval/response_tokens_mean")
+EVAL_KEYS = (
+    "eval/accuracy",
+    "eval/tool_call_rate",
+    "eval/response_tokens_mean",
+    "eval/answered_rate",
+    "eval/em",
+    "eval/f1",
+    "eval/cover_em",
+    "eval/retrieval_recall",
+)
+# Shown in a second table when the runs have them (QA and search runs).
+QA_KEYS = ("eval/f1", "eval/cover_em", "eval/retrieval_recall", "eval/answered_rate")
 CURVES = (
     ("reward/total/mean", "training reward"),
     ("eval/accuracy", "held-out accuracy"),
     ("tool_call_rate", "tool-call rate (training rollouts)"),
     ("eval/tool_call_rate", "tool-call rate (held-out)"),
+    ("eval/f1", "held-out answer F1"),
+    ("eval/retrieval_recall", "held-out gold-passage recall"),
     ("response_length/mean", "response tokens"),
     ("entropy", "entropy (nats / token)"),
 )
@@ -47,6 +60,15 @@ def read_rows(run: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a torn last line of a killed run
+    for r in rows:  # eval keys a run did not log come from its eval/step_N/metrics.json
+        if "eval/accuracy" not in r:
+            continue
+        m = Path(run) / "eval" / f"step_{int(r['step']):06d}" / "metrics.json"
+        if m.is_file():
+            metrics = json.loads(m.read_text())
+            for key in EVAL_KEYS:
+                if key not in r and isinstance(metrics.get(key[5:]), (int, float)):
+                    r[key] = float(metrics[key[5:]])
     return rows
 
 
@@ -140,6 +162,16 @@ def format_summary(s: dict[str, Any]) -> str:
             + (f"{tools['mean']:.3f} [{tools['min']:.3f}, {tools['max']:.3f}]" if tools else "-")
             + " |"
         )
+    qa = [k for k in QA_KEYS if k in s["eval"][0]]
+    if qa:
+        lines += [
+            "",
+            "| step | " + " | ".join(f"{k[5:]}, mean [min, max]" for k in qa) + " |",
+            "|---|" + "---|" * len(qa),
+        ]
+        for p in s["eval"]:
+            cells = [f"{p[k]['mean']:.3f} [{p[k]['min']:.3f}, {p[k]['max']:.3f}]" for k in qa]
+            lines.append(f"| {p['step']} | " + " | ".join(cells) + " |")
     f = s["final"]
     g = f["gain"]
     lines += [

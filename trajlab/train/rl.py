@@ -815,6 +815,10 @@ def evaluate_policy(run: Run, step: int) -> dict[str, float]:
         "response_tokens_mean",
         "answered_rate",
         "reward_mean",
+        "em",
+        "f1",
+        "cover_em",
+        "retrieval_recall",
     )
     out = {f"eval/{k}": float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
     for k in ("accuracy", "tool_call_rate", "answered_rate"):  # 95 % intervals over examples
