@@ -476,5 +476,9 @@ def test_compute_reward_checks_return_values():
 
 @pytest.mark.parametrize("name", sorted(REWARDS))
 def test_every_shipped_reward_returns_a_finite_float(name):
-    value = compute_reward(name, EX18, tags_traj())
+    # gold titles too, so rewards that read them (search_recall) have what they need
+    example = Example(
+        id="ex", question=EX18.question, answer="18", meta={"supporting_titles": ["Nine"]}
+    )
+    value = compute_reward(name, example, tags_traj())
     assert isinstance(value.total, float)
