@@ -4,11 +4,20 @@ tiny_model_dir: a tiny random Llama + real byte-level BPE tokenizer + ChatML tem
 (trajlab.testing.make_tiny_model), saved in a temp dir. tiny_model / tiny_tokenizer are
 loaded from it once and shared: do not train or modify them in place; a test that
 changes weights loads its own copy with trajlab.models.load_model(tiny_model_dir).
+
+Nothing in the tests reaches the Hugging Face Hub: the offline switches are set before
+any test imports huggingface_hub, transformers or datasets.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("TRAJLAB_DATA", None)  # local benchmark copies come from each test's own dir
 
 
 @pytest.fixture(scope="session")

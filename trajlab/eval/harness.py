@@ -43,12 +43,29 @@ _RESUMABLE_KEYS = {"out", "batch_size", "progress"}
 class EvalConfig:
     model: str = opt("default", "model: 'default', a Hugging Face model directory, or a .gguf file")
     task: str = opt(
-        "arith", "task: a built-in name (arith, puzzles) or a JSONL file with id/question/answer"
+        "arith",
+        "task: a built-in name (arith, puzzles), a benchmark (gsm8k, math500, aime24, aime25, "
+        "hotpotqa, 2wiki, musique, bamboogle, mmath), hf:owner/name, or a JSONL file with "
+        "id/question/answer",
     )
-    split: str = opt("test", "split of a built-in task", choices=("train", "test"))
+    split: str = opt(
+        "test",
+        "split of a built-in task; for a benchmark, test is its evaluation split",
+        choices=("train", "test"),
+    )
+    data_dir: str = opt("", "directory of local benchmark copies (empty: $TRAJLAB_DATA)")
+    task_options: dict[str, Any] = opt(
+        {},
+        "options of the task: a generator's (arith: word_prob), mmath's lang, or the field "
+        "mapping of hf:owner/name (config, question, answer, answers, id)",
+    )
     limit: int = opt(0, "evaluate only the first N examples (0: all)")
     n: int = opt(1, "samples per example (pass@k and maj@k use them)")
-    reward: str = opt("math_correct", "reward function name (see trajlab.rewards.REWARDS)")
+    reward: str = opt(
+        "",
+        "reward function name (see trajlab.rewards.REWARDS); empty: the task's own (qa_em for "
+        "the QA benchmarks, else math_correct)",
+    )
     reward_weights: dict[str, float] = opt(
         {}, "several rewards summed with weights, e.g. {math_correct: 1.0}; replaces `reward`"
     )
@@ -96,7 +113,9 @@ class EvalConfig:
         )
 
     def reward_spec(self) -> dict[str, float]:
-        return dict(self.reward_weights) or {self.reward: 1.0}
+        from trajlab.tasks import default_reward
+
+        return dict(self.reward_weights) or {self.reward or default_reward(self.task): 1.0}
 
 
 Scorer = Callable[[Example, Trajectory], object]
@@ -127,9 +146,17 @@ def evaluate(
     if examples is None:
         from trajlab.tasks import load_task
 
-        examples = load_task(
-            config.task, split=config.split, n=config.limit or None, seed=config.task_seed
-        )
+        try:
+            examples = load_task(
+                config.task,
+                split=config.split,
+                n=config.limit or None,
+                seed=config.task_seed,
+                data_dir=config.data_dir or None,
+                **config.task_options,
+            )
+        except TypeError as e:  # an option the task does not take
+            raise ConfigError(f"task_options: {e}") from None
     if config.limit:
         examples = examples[: config.limit]
     scorer = scorer or make_scorer(config)

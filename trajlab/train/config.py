@@ -76,8 +76,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = opt("arith", "training task: a built-in name (arith, puzzles) or a JSONL file")
+    task: str = opt(
+        "arith",
+        "training task: a built-in name (arith, puzzles), a benchmark (gsm8k, hotpotqa, ...: "
+        "docs/rewards_and_tasks.md), hf:owner/name, or a JSONL file",
+    )
     split: str = opt("train", "split of a built-in task to train on", choices=("train", "test"))
+    data_dir: str = opt("", "directory of local benchmark copies (empty: $TRAJLAB_DATA)")
     size: int = opt(1000, "examples to draw from the task (0: all of a JSONL file)")
     seed: int = opt(
         0,
@@ -87,7 +92,8 @@ class DataConfig:
     options: dict[str, Any] = opt(
         {},
         "options of the training task's generator, e.g. {word_prob: 0.6} for arith "
-        "(trajlab.tasks.synthetic); the held-out split keeps the task's defaults",
+        "(trajlab.tasks.synthetic), or the field mapping of an hf:owner/name task; the "
+        "held-out split keeps a generator's defaults (a field mapping applies to both)",
     )
     eval_task: str = opt("", "held-out task for periodic evaluation (empty: the same task)")
     eval_split: str = opt(

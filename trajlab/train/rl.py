@@ -772,6 +772,8 @@ def eval_config(cfg: TrainConfig, out: Path, n: int) -> Any:
         task=cfg.data.eval_task or cfg.data.task,
         split=cfg.data.eval_split,
         task_seed=cfg.data.seed,
+        data_dir=cfg.data.data_dir,
+        task_options=eval_task_options(cfg.data),
         limit=n,
         n=1,
         reward=first,
@@ -953,9 +955,12 @@ def setup(
     )
     d = cfg.data
     if examples is None:
-        examples = load_examples(d.task, d.split, d.size, d.seed, **d.options)
+        examples = load_examples(d.task, d.split, d.size, d.seed, d.data_dir, **d.options)
     if eval_examples is None and cfg.eval.every > 0:
-        eval_examples = load_examples(d.eval_task or d.task, d.eval_split, d.eval_size, d.seed)
+        eval_examples = load_examples(
+            d.eval_task or d.task, d.eval_split, d.eval_size, d.seed, d.data_dir,
+            **eval_task_options(d),
+        )  # fmt: skip
     run = Run(
         config=cfg,
         out=out,
@@ -1047,12 +1052,23 @@ def lr_lambda(o, total: int):
     return f
 
 
-def load_examples(task: str, split: str, size: int, seed: int, **options: Any) -> list[Example]:
-    """Examples of a built-in task or JSONL file, through trajlab.tasks.load_task."""
+def eval_task_options(d: Any) -> dict[str, Any]:
+    """Task options of the held-out split: an hf: task's field mapping when it is the training
+    task; a generator's options are the training distribution's and are not carried over."""
+    same_hf = d.task.startswith("hf:") and (d.eval_task or d.task) == d.task
+    return dict(d.options) if same_hf else {}
+
+
+def load_examples(
+    task: str, split: str, size: int, seed: int, data_dir: str = "", **options: Any
+) -> list[Example]:
+    """Examples of a built-in task, benchmark or file, through trajlab.tasks.load_task."""
     from trajlab.tasks import load_task
 
     try:
-        return load_task(task, split=split, n=size or None, seed=seed, **options)
+        return load_task(
+            task, split=split, n=size or None, seed=seed, data_dir=data_dir or None, **options
+        )
     except TypeError as e:  # an option the generator does not take
         raise ConfigError(f"data.options: {e}") from None
 
