@@ -1,10 +1,13 @@
 """Retrieval speed benchmark: trajlab BM25 vs rank_bm25, and dense top-10, one machine, one run.
 
-    .venv/bin/python benchmarks/bench_retrieval.py                    # 51k passages, ~45 min on 2 busy cores
-    .venv/bin/python benchmarks/bench_retrieval.py --limit 2000       # quick check
-    .venv/bin/python benchmarks/bench_retrieval.py --reuse            # keep indexes built by an earlier run
+    .venv/bin/python benchmarks/bench_retrieval.py PASSAGES.jsonl --queries QUESTIONS.jsonl           # 51k passages: ~45 min, 2 busy cores
+    .venv/bin/python benchmarks/bench_retrieval.py PASSAGES.jsonl --queries QUESTIONS.jsonl --limit 2000   # quick check
+    .venv/bin/python benchmarks/bench_retrieval.py PASSAGES.jsonl --queries QUESTIONS.jsonl --reuse   # keep indexes built earlier
 
-What it measures (queries: the HotpotQA dev questions, ../shared/data/hotpotqa_dev_ctx.jsonl):
+PASSAGES.jsonl: a corpus as `trajlab index` reads it (docs/retrieval.md); QUESTIONS.jsonl: one
+JSON object per line with "question" and "meta": {"supporting_titles": [...]} (the gold titles).
+
+What it measures (the published numbers: HotpotQA dev questions over their Wikipedia passages):
 - build: each index is built by the real CLI (`python -m trajlab.retrieval.cli`) in a
   child process; wall time and that child's peak RSS (os.wait4). With --reuse an
   index built by an earlier run of this script is kept, with the numbers it recorded.
@@ -43,8 +46,6 @@ from trajlab.retrieval.corpus import read_corpus  # noqa: E402
 from trajlab.retrieval.dense import query_threads  # noqa: E402
 from trajlab.retrieval.hybrid import HybridConfig, HybridIndex  # noqa: E402
 
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "wiki_passages.jsonl"
-DEFAULT_QUERIES = REPO.parent / "shared" / "data" / "hotpotqa_dev_ctx.jsonl"
 SIDECAR = "bench_build.json"
 
 
@@ -269,8 +270,12 @@ def report(builds: dict, res: dict, okapi: dict, ours_same: np.ndarray, n_querie
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("corpus", nargs="?", default=str(DEFAULT_CORPUS))
-    ap.add_argument("--queries", default=str(DEFAULT_QUERIES))
+    ap.add_argument("corpus", help="passages JSONL (id, title, text), as `trajlab index` reads it")
+    ap.add_argument(
+        "--queries",
+        required=True,
+        help='JSONL with "question" and meta.supporting_titles',
+    )
     ap.add_argument(
         "--work", default="/tmp/trajlab-bench-retrieval", help="where indexes are built"
     )

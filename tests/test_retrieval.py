@@ -1,7 +1,7 @@
 """Unit tests for trajlab.retrieval: corpus reading, BM25 against a hand-written reference,
 top-k and RRF maths, persistence, corpus/index mismatch and the `trajlab index` CLI.
 
-Every corpus is built here; nothing reads ../shared or the network. Dense and hybrid
+Every corpus is built here; nothing reads benchmark data or the network. Dense and hybrid
 tests (real MiniLM) are in test_retrieval_dense.py.
 """
 

@@ -1,4 +1,4 @@
-"""The 37 adversarial cases of SANDBOX.md against the real SandboxPool, then host invariants.
+"""The 37 adversarial cases (docs/sandbox.md, threat model) against the real SandboxPool, then host invariants.
 
 Run:  .venv/bin/python -m pytest tests/test_sandbox_adversarial.py -q   (about a minute)
 

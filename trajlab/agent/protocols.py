@@ -8,7 +8,7 @@ A protocol answers three questions for the agent loop:
 
 Markup protocols (code fences, XML-ish tags, the search-RL markers) are plain data:
 a `MarkupProtocol` lists, per tool, the opening and closing markers of a call and the
-template of its result. Facts for each come from ../shared/specs/SEED_SPECS.md §0:
+template of its result, as each method's paper and released code write them:
 
     code          ```python ... ```  answered by  ```output ... ```     (CIR, ToRL)
     tags          <python>...</python>, <search>...</search>

@@ -224,7 +224,7 @@ def pass_rate_filter(
     whose group pass rate p lies in [low, high]; p = 0 and p = 1 are always dropped.
 
     The band is not given in the paper's primary text; [0.2, 0.8] is a secondary source's
-    reading (SEED_SPECS section 8) and SimpleTIR's README uses 0.1_0.9. Reasons:
+    reading of it and SimpleTIR's README uses 0.1_0.9. Reasons:
     "too_hard" (p < low or p = 0), "too_easy" (p > high or p = 1), "over_target".
     success # [N] 1/0 (or bool) per trajectory; group_ids # [N]
     """

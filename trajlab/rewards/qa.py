@@ -28,7 +28,7 @@ model tokens count: passages echoed by the search tool are never an answer. Sear
 needs two <answer> matches because its prompt's example is part of the decoded
 string; our prompt is not part of `model_text`, so one suffices.
 
-Method rewards (SEED_SPECS.md section 5.4, 6.1-6.3):
+Method rewards (Search-R1, R1-Searcher, R1-Searcher++, Tool-Star papers and code):
 * `searchr1_em`: Search-R1's qa_em: 1 if the last <answer> span is an exact match,
   else 0 (the answer tag only, no box).
 * `r1searcher_stage1`: +1 cover-EM correct else -1 (-1 without an answer), +0.5 when
@@ -48,7 +48,7 @@ Method rewards (SEED_SPECS.md section 5.4, 6.1-6.3):
 * R1-Searcher++: the specs pin down only the format (<internal>, <external>,
   <document>) and that RL rewards outcome, format and internal-knowledge use; the
   exact terms, weights, group reward and memorisation loss are not published
-  (SEED_SPECS.md section 6.1, 22). So there are two parts and no invented weights:
+  (arXiv 2505.17005 and its repository, as of this writing). So there are two parts and no invented weights:
   `r1spp_answer` is R1-Searcher's stage-2 reward with R1-Searcher++'s tags
   (<external>/<document> for query/document, and <internal> must be balanced), the
   README's "almost the same as R1-Searcher" being the only guide; `r1spp_internal`

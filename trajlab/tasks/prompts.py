@@ -7,7 +7,7 @@ How it is used:
 The agent loop turns these messages into token ids with the tokenizer's chat
 template; for `native` it also passes the tool list to that template.
 
-Protocols (SEED_SPECS.md section 0):
+Protocols (the markup each method's paper and code use):
 * `code`: the model writes ```python ... ``` and reads ```output ... ``` (as CIR, ToRL);
   final answer in \\boxed{}.
 * `tags`: <python>...</python> answered by <result>...</result>, reasoning in
@@ -15,7 +15,8 @@ Protocols (SEED_SPECS.md section 0):
 * `native`: the chat template's own tool-call format; the text only explains the task.
 * `none`: no tool; plain step-by-step reasoning with \\boxed{}.
 
-Question answering with search (QA_PROMPTS, SEED_SPECS.md sections 5.2, 6.1-6.3),
+Question answering with search (QA_PROMPTS; Search-R1 arXiv 2503.09516, R1-Searcher
+2503.05592, R1-Searcher++ 2505.17005),
 found by `get_prompt` after PROMPTS:
 * `search_r1`: <search> query </search> answered by <information>, answer in
   <answer> </answer> (Search-R1).

@@ -27,7 +27,7 @@ Matching, deterministic and dependency-free:
   cast/actor -> starring); there are no other synonyms ("capital city" matches
   "capital of", "seat of government" does not).
 
-Knowledge tracing (KnowTrace, SEED_SPECS.md section 11): KnowTrace's completion step
+Knowledge tracing (KnowTrace, arXiv 2505.20245): KnowTrace's completion step
 retrieves passages for an (entity, relation) pair and has the LLM extract triplets.
 `KGTool(retriever=...)` does a rule-based version of that per call: when the static
 store has no answer it searches "ENTITY RELATION", extracts triplets from the hits

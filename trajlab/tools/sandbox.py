@@ -8,7 +8,7 @@ How to use it:
         with pool.session() as s:           # a notebook: variables survive between cells
             s.run("x = 2"); s.run("print(x)")
 
-What it is: the design of ../shared/specs/SANDBOX.md. One warm fork server ("zygote",
+What it is (threat model and pitfalls: docs/sandbox.md): one warm fork server ("zygote",
 trajlab/tools/sandbox_zygote.py) per slot, launched with exec and a minimal explicit
 environment so the trainer's secrets never reach it. Each run is forked from the zygote
 into a fresh process with its own unprivileged uid (one per slot), cgroup (memory,
@@ -84,7 +84,7 @@ def default_slots() -> int:
 
 @dataclass
 class SandboxConfig:
-    """Every knob of the sandbox. Defaults follow SANDBOX.md's table."""
+    """Every knob of the sandbox. Defaults: docs/sandbox.md, "Configuration"."""
 
     slots: int = 0
     """Number of zygotes (parallel executions); 0 = two per CPU core (at most 32): a slot

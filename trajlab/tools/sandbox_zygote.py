@@ -16,7 +16,7 @@ fast path, one fork of the preloaded process per run; see docs/sandbox.md, "Perf
            → caps and bounding set dropped, NO_NEW_PRIVS, seccomp (last)
            → exec(compile(code)) in a fresh __main__
 
-and without root, SANDBOX.md's two forks:
+and without root, the two-fork order (docs/sandbox.md):
 
     zygote ─ fork C1: setsid → join cgroup → setgroups/setresgid/setresuid(slot uid)
                             → PDEATHSIG → PR_SET_DUMPABLE → unshare(USER|MNT|PID|NET|IPC|UTS)
@@ -33,7 +33,7 @@ process group leader and pid 1). Results go back to the pool as a
 JSON frame that echoes the request's nonce; the sandbox itself never writes a frame on
 the result channel, so printed fake markers cannot forge one. Nothing is ever pickled.
 
-Departures from SANDBOX.md: user code runs as pid 1 of its namespace (saves a fork); the
+Departures from the two-fork order: user code runs as pid 1 of its namespace (saves a fork); the
 consequences (self-sent default-action signals are ignored, orphans are reaped only when
 the namespace dies) are harmless, and RLIMIT_CPU uses soft = hard so the kernel's
 SIGKILL lands (pitfall 6). On the fast path the pid namespace is made by the zygote and
@@ -1209,7 +1209,7 @@ class Zygote:
         """Fork the sandbox for `job`. Fast path (root zygote): the zygote creates a fresh
         pid namespace for its next child and forks the sandbox directly into it as pid 1
         (`_fast_main`), then returns to its own pid namespace: one fork of the large
-        preloaded process per run. Otherwise (unprivileged) SANDBOX.md's two forks: C1
+        preloaded process per run. Otherwise (unprivileged) the two-fork order: C1
         drops the uid and unshares every namespace, C2 is pid 1 (`_c1_main`)."""
         fast = self.fast_spawn and self.layers["namespaces"] and self.layers["uid_drop"]
         if fast:

@@ -14,7 +14,7 @@ Pieces, each replaceable:
   `CacheMissError` naming the query), so evaluations and ablations can be rerun
   exactly and without the index;
 * a formatter (FORMATS) writing hits the way each method showed them to its model
-  (SEED_SPECS.md section 0, 5.3, 6.2, 6.3). The protocol then wraps the text in its
+  (from each method's released code). The protocol then wraps the text in its
   result markers (<information>, the documents block, <result>, <document>):
 
     search_r1    Doc 1(Title: T) text\\n                 (Search-R1, generation.py)
