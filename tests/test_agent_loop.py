@@ -14,6 +14,7 @@ from trajlab.engines.fake import FakeEngine
 from trajlab.models import load_model, load_tokenizer, token_logprobs
 from trajlab.testing import CHATML_TOOLS_TEMPLATE, make_tiny_model
 from trajlab.tools.base import ToolResult
+from trajlab.tools.fake import ScriptedTool
 from trajlab.types import Example, Trajectory
 
 
@@ -23,29 +24,14 @@ def tiny(tmp_path_factory):
     return load_model(path), load_tokenizer(path)
 
 
-class ScriptedTool:
-    """Answers python calls from a dict of code -> output; records what it ran."""
+# The default answer: what the sandbox says about code that uses an undefined name.
+NAME_ERROR = ToolResult(
+    output="NameError: name 'x' is not defined", ok=False, status="error", error="NameError"
+)
 
-    name = "python"
 
-    def __init__(self, outputs=None, raise_on=None):
-        self.outputs = outputs or {}
-        self.raise_on = raise_on
-        self.ran: list[str] = []
-
-    def run(self, args):
-        code = args["code"]
-        self.ran.append(code)
-        if self.raise_on is not None and self.raise_on in code:
-            raise RuntimeError("sandbox pool died")
-        if code in self.outputs:
-            return ToolResult(output=self.outputs[code])
-        return ToolResult(
-            output="NameError: name 'x' is not defined", ok=False, status="error", error="NameError"
-        )
-
-    def close(self):
-        pass
+def scripted(outputs=None, raise_on=None) -> ScriptedTool:
+    return ScriptedTool("python", outputs or {}, default=NAME_ERROR, raise_on=raise_on)
 
 
 def _prompt(ex: Example):
@@ -57,7 +43,7 @@ EX = Example(id="q1", question="What is 6 times 7?", answer="42")
 
 def _loop(tok, script, tool=None, model=None, **cfg):
     engine = FakeEngine(tok, script, model=model)
-    tool = tool or ScriptedTool({"print(6*7)": "42"})
+    tool = tool or scripted({"print(6*7)": "42"})
     loop = AgentLoop(engine, {"python": tool}, AgentConfig(**cfg), prompt_builder=_prompt)
     return loop, engine, tool
 
@@ -172,7 +158,7 @@ def test_malformed_call_is_an_observation_not_a_crash(tiny):
 
 def test_crashing_tool_ends_only_its_episode(tiny):
     _, tok = tiny
-    tool = ScriptedTool({"print(6*7)": "42"}, raise_on="boom")
+    tool = scripted({"print(6*7)": "42"}, raise_on="boom")
     script = {"q1": ["```python\nboom()\n```"], "q2": ["```python\nprint(6*7)\n```", "\\boxed{42}"]}
     queues = {k: list(v) for k, v in script.items()}
 
@@ -183,7 +169,7 @@ def test_crashing_tool_ends_only_its_episode(tiny):
     engine = FakeEngine(tok, responder)
     loop = AgentLoop(engine, {"python": tool}, AgentConfig(), prompt_builder=_prompt)
     t1, t2 = loop.run([(Example("q1", "first question"), 0), (Example("q2", "second question"), 0)])
-    assert t1.stop_reason == "tool_error" and "sandbox pool died" in t1.metadata["error"]
+    assert t1.stop_reason == "tool_error" and "scripted python tool failure" in t1.metadata["error"]
     assert t2.stop_reason == "answer" and t2.tool_calls[0].result == "42"
 
 
@@ -194,9 +180,7 @@ def test_engine_failure_is_recorded_per_episode(tiny):
         def generate(self, prompts, params, stop=()):
             raise RuntimeError("out of memory")
 
-    loop = AgentLoop(
-        Broken(tok, []), {"python": ScriptedTool()}, AgentConfig(), prompt_builder=_prompt
-    )
+    loop = AgentLoop(Broken(tok, []), {"python": scripted()}, AgentConfig(), prompt_builder=_prompt)
     ts = loop.run([(EX, 0), (EX, 1)])
     assert [t.stop_reason for t in ts] == ["error", "error"]
     assert "out of memory" in ts[0].metadata["error"]
@@ -214,7 +198,7 @@ def test_length_and_context_budgets(tiny):
 
 def test_observation_is_truncated_head_and_tail(tiny):
     _, tok = tiny
-    tool = ScriptedTool({"print(6*7)": "A" * 500 + "B" * 500})
+    tool = scripted({"print(6*7)": "A" * 500 + "B" * 500})
     loop, _, _ = _loop(
         tok, ["```python\nprint(6*7)\n```", "\\boxed{1}"], tool=tool, observation_max_chars=100
     )
@@ -256,7 +240,7 @@ def test_native_protocol_uses_the_chat_template_and_refuses_templates_without_to
     with pytest.raises(ValueError, match="ignores the `tools` list"):
         AgentLoop(
             FakeEngine(plain, []),
-            {"python": ScriptedTool()},
+            {"python": scripted()},
             AgentConfig(protocol="native"),
             prompt_builder=_prompt,
         )

@@ -13,30 +13,20 @@ from trajlab.eval.harness import EvalConfig, evaluate
 from trajlab.models import load_tokenizer
 from trajlab.testing import make_tiny_model
 from trajlab.tools.base import ToolResult
+from trajlab.tools.fake import ScriptedTool
 from trajlab.types import Example, read_jsonl
-
-
-class Calculator:
-    """Runs `print(<int expr>)` by parsing it, never by exec; anything else is an error."""
-
-    name = "python"
-
-    def run(self, args):
-        code = args["code"].strip()
-        if code.startswith("print(") and code.endswith(")"):
-            a, _, b = code[6:-1].partition("*")
-            if a.strip().isdigit() and b.strip().isdigit():
-                return ToolResult(output=str(int(a) * int(b)))
-        return ToolResult(output="SyntaxError", ok=False, status="error", error="SyntaxError")
-
-    def close(self):
-        pass
-
 
 EXAMPLES = [
     Example(id=f"m{i}", question=f"What is {i + 2} * {i + 3}?", answer=str((i + 2) * (i + 3)))
     for i in range(6)
 ]
+
+
+def calculator() -> ScriptedTool:
+    """Knows the product of every example's question; anything else is an error."""
+    products = {f"print({i + 2} * {i + 3})": str((i + 2) * (i + 3)) for i in range(6)}
+    error = ToolResult(output="SyntaxError", ok=False, status="error", error="SyntaxError")
+    return ScriptedTool("python", products, default=error)
 
 
 def responder(prompt_text: str) -> str:
@@ -71,7 +61,7 @@ def test_eval_writes_a_complete_run_directory(tok, tmp_path):
     m = evaluate(
         _config(out),
         engine=FakeEngine(tok, responder),
-        tools={"python": Calculator()},
+        tools={"python": calculator()},
         examples=EXAMPLES,
         argv=["trajlab", "eval"],
     )
@@ -109,7 +99,7 @@ def test_interrupted_run_resumes_without_duplicates(tok, tmp_path):
     cfg = _config(out, n=2)
     with pytest.raises(KeyboardInterrupt):
         evaluate(
-            cfg, engine=FakeEngine(tok, flaky), tools={"python": Calculator()}, examples=EXAMPLES
+            cfg, engine=FakeEngine(tok, flaky), tools={"python": calculator()}, examples=EXAMPLES
         )
     partial = read_jsonl(out / "trajectories.jsonl")
     assert 0 < len(partial) < 12
@@ -118,7 +108,7 @@ def test_interrupted_run_resumes_without_duplicates(tok, tmp_path):
     with open(out / "trajectories.jsonl", "a") as f:
         f.write('{"example_id": "m5", "segm')
     engine = FakeEngine(tok, responder)
-    m = evaluate(cfg, engine=engine, tools={"python": Calculator()}, examples=EXAMPLES)
+    m = evaluate(cfg, engine=engine, tools={"python": calculator()}, examples=EXAMPLES)
     trajs = read_jsonl(out / "trajectories.jsonl")
     keys = [(t.example_id, t.sample_index) for t in trajs]
     assert len(keys) == len(set(keys)) == 12
@@ -132,14 +122,14 @@ def test_resume_with_a_different_config_is_refused(tok, tmp_path):
     evaluate(
         _config(out),
         engine=FakeEngine(tok, responder),
-        tools={"python": Calculator()},
+        tools={"python": calculator()},
         examples=EXAMPLES[:2],
     )
     with pytest.raises(ConfigError, match="temperature"):
         evaluate(
             _config(out, temperature=0.7),
             engine=FakeEngine(tok, responder),
-            tools={"python": Calculator()},
+            tools={"python": calculator()},
             examples=EXAMPLES[:2],
         )
 
@@ -175,3 +165,15 @@ def test_eval_config_validation_names_the_field():
         from_dict(EvalConfig, {"agent": {"protocol": "xml"}})
     with pytest.raises(ConfigError, match="n must be >= 1"):
         from_dict(EvalConfig, {"n": 0})
+
+
+def test_tool_plugins_stand_in_for_a_registered_tool(tok, tmp_path):
+    out = tmp_path / "run"
+    m = evaluate(
+        _config(out, tool_plugins={"python": "train_helpers:python_42"}),
+        engine=FakeEngine(tok, responder),
+        examples=EXAMPLES,
+    )
+    trajs = read_jsonl(out / "trajectories.jsonl")
+    assert m["tool_call_rate"] == 1.0
+    assert {c.result for t in trajs for c in t.tool_calls} == {"42"}

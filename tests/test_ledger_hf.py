@@ -20,18 +20,8 @@ from trajlab.engines.base import SamplingParams
 from trajlab.engines.hf import HFEngine
 from trajlab.models import load_model, load_tokenizer, token_logprobs
 from trajlab.testing import make_tiny_model
-from trajlab.tools.base import ToolResult
+from trajlab.tools.fake import EchoTool
 from trajlab.types import Example, Trajectory
-
-
-class EchoTool:
-    name = "echo"
-
-    def run(self, args):
-        return ToolResult(output=f"echo: {args['code'][:20]}")
-
-    def close(self):
-        pass
 
 
 @pytest.fixture()
@@ -108,7 +98,7 @@ def _run_marker_episodes(engine: HFEngine, prompt) -> list[Trajectory]:
     )
     loop = AgentLoop(
         engine,
-        {"echo": EchoTool()},
+        {"echo": EchoTool("echo", prefix="echo: ", limit=20, arg="code")},
         config,
         sampling=SamplingParams(temperature=1.0, seed=11),
         prompt_builder=lambda ex: prompt,

@@ -49,7 +49,7 @@ def test_grpo_learns_to_call_the_tool(tmp_path):
             "agent.max_tool_calls=1",
             "agent.max_new_tokens_per_turn=12",
             "agent.max_new_tokens=32",
-            "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
+            "tool_plugins={python: 'train_helpers:python_42'}",
             "reward.weights={'train_helpers:tool_format_reward': 1.0}",
             "optim.lr=3e-3",
             "algo.micro_batch_size=64",

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from train_helpers import EchoPythonTool
+from train_helpers import python_42
 
 from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.engines.fake import FakeEngine
@@ -48,7 +48,7 @@ def _cfg(model_dir, out, *extra):
             "agent.max_turns=2",
             "agent.max_new_tokens_per_turn=8",
             "agent.max_new_tokens=24",
-            "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
+            "tool_plugins={python: 'train_helpers:python_42'}",
             # Rewards that vary within groups, so advantages are non-zero whatever the
             # engine samples (with the default bf16 decode copy the tiny model's samples
             # can all run to the length cap, which a length-shaped reward alone cannot see).
@@ -85,7 +85,7 @@ def test_tool_output_tokens_get_exactly_zero_gradient(tiny_model_dir, tmp_path):
     )
     loop = AgentLoop(
         engine,
-        {"python": EchoPythonTool()},
+        {"python": python_42()},
         AgentConfig(protocol="code", tools=["python"]),
         prompt_builder=lambda ex: [{"role": "user", "content": ex.question}],
     )
@@ -297,7 +297,7 @@ def test_every_recipe_runs_one_step(tiny_model_dir, tmp_path):
                 "agent.max_new_tokens_per_turn=6",
                 "agent.max_new_tokens=16",
                 "agent.max_turns=2",
-                "tool_plugins={python: 'train_helpers:EchoPythonTool', search: 'train_helpers:EchoSearchTool'}",
+                "tool_plugins={python: 'train_helpers:python_42', search: 'train_helpers:search_paris'}",
                 "eval.every=0",
                 "log.progress=false",
                 "log.plots=false",

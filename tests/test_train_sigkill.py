@@ -37,7 +37,7 @@ def _argv(model_dir, task, out, steps):
         "agent.tools=[python]",
         "agent.max_new_tokens_per_turn=8",
         "agent.max_new_tokens=16",
-        "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
+        "tool_plugins={python: 'train_helpers:python_42'}",
         "reward.weights={'train_helpers:token_variety_reward': 1.0}",
         "optim.lr=1e-3",
         "log.checkpoint_every=1",

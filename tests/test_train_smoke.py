@@ -38,7 +38,7 @@ def test_train_cli_two_steps_then_resume(tiny_model_dir, tmp_path, capsys):
         "agent.tools=[python]",
         "agent.max_new_tokens_per_turn=8",
         "agent.max_new_tokens=16",
-        "tool_plugins={python: 'train_helpers:EchoPythonTool'}",
+        "tool_plugins={python: 'train_helpers:python_42'}",
         "reward.weights={'train_helpers:token_variety_reward': 1.0}",
         "optim.lr=1e-3",
         "log.checkpoint_every=1",
@@ -98,7 +98,7 @@ def test_train_cli_reports_bad_config(tmp_path, capsys):
 
 def test_sft_cli_masks_tool_output_and_learns(tiny_model_dir, tmp_path):
     """SFT on scripted trajectories: loss falls, tool tokens get zero gradient."""
-    from train_helpers import EchoPythonTool
+    from train_helpers import python_42
 
     from trajlab.agent.loop import AgentConfig, AgentLoop
     from trajlab.engines.fake import FakeEngine
@@ -113,7 +113,7 @@ def test_sft_cli_masks_tool_output_and_learns(tiny_model_dir, tmp_path):
     )
     loop = AgentLoop(
         engine,
-        {"python": EchoPythonTool()},
+        {"python": python_42()},
         AgentConfig(),
         prompt_builder=lambda ex: [{"role": "user", "content": ex.question}],
     )

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -94,7 +95,14 @@ def test_api_browse_filter_and_trajectory(server, runs_dir):
         for p in sorted((runs_dir / "train" / "trajectories").glob("*.jsonl"))
         for t in read_jsonl(p)
     ]
-    code, page = get(url + "/api/runs/r1/trajectories?limit=10&offset=5")
+    # Indexing runs in the background and a page is served as soon as its rows exist, so
+    # `total` counts the rows indexed so far: ask again until the index says it is complete.
+    deadline = time.monotonic() + 30
+    while True:
+        code, page = get(url + "/api/runs/r1/trajectories?limit=10&offset=5")
+        if page["index"]["complete"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert code == 200 and page["total"] == len(trajs) == 48 and len(page["rows"]) == 10
     assert [r["example_id"] for r in page["rows"]] == [t.example_id for t in trajs[5:15]]
     code, page = get(url + "/api/runs/r1/trajectories?tool_errors=true&limit=100")

@@ -1,33 +1,23 @@
 """Helpers shared by the trainer tests (importable as `train_helpers`: pytest puts tests/ on
 sys.path; subprocesses get PYTHONPATH=tests). Not a test module itself.
 
-EchoPythonTool / EchoSearchTool: scripted python and search tools (no sandbox, no index) that
-answer every call with a fixed observation. tool_format_reward: the learning test's toy reward for emitting the tags
+python_42 / search_paris: tool plugin factories (`tool_plugins={python: 'train_helpers:python_42'}`)
+for scripted tools from trajlab.tools.fake (no sandbox, no index) that answer every call
+with one fixed observation and record what they were asked in `.ran`. tool_format_reward: the learning test's toy reward for emitting the tags
 protocol's call <python>...</python>.
 """
 
 from __future__ import annotations
 
-from trajlab.tools.base import ToolResult
+from trajlab.tools.fake import ScriptedTool
 from trajlab.types import Example, Trajectory
 
 OPEN, CLOSE = "<python>", "</python>"
 
 
-class EchoPythonTool:
-    """Answers every python call with 'ok'; records the code it was given."""
-
-    name = "python"
-
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    def run(self, args):
-        self.ran.append(args["code"])
-        return ToolResult(output="42")
-
-    def close(self) -> None:
-        pass
+def python_42() -> ScriptedTool:
+    """A python tool whose every run prints 42."""
+    return ScriptedTool("python", default="42")
 
 
 def _longest_prefix_present(text: str, target: str) -> int:
@@ -56,17 +46,6 @@ def token_variety_reward(example: Example, trajectory: Trajectory) -> float:
     return len(set(ids)) / len(ids) if ids else 0.0
 
 
-class EchoSearchTool:
-    """Answers every search with one fixed passage; records the queries it was given."""
-
-    name = "search"
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    def run(self, args):
-        self.queries.append(args.get("query", ""))
-        return ToolResult(output="Doc 1(Title: Paris) Paris is the capital of France.")
-
-    def close(self) -> None:
-        pass
+def search_paris() -> ScriptedTool:
+    """A search tool that returns one fixed passage for every query."""
+    return ScriptedTool("search", default="Doc 1(Title: Paris) Paris is the capital of France.")

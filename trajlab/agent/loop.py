@@ -49,40 +49,10 @@ from trajlab.agent.protocols import (
 )
 from trajlab.config import opt
 from trajlab.engines.base import Engine, Generation, SamplingParams
-from trajlab.tools.base import Tool, ToolResult
+from trajlab.tools.base import Tool, ToolResult, keeps_sessions, tool_schema
 from trajlab.types import Example, Segment, ToolCall, Trajectory
 
 log = logging.getLogger(__name__)
-
-# JSON schemas offered to chat templates in the native protocol.
-TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
-    "python": {
-        "type": "function",
-        "function": {
-            "name": "python",
-            "description": "Run a Python program and return what it prints.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "code": {"type": "string", "description": "a complete Python program"}
-                },
-                "required": ["code"],
-            },
-        },
-    },
-    "search": {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Search the document collection and return the top passages.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string", "description": "a short keyword query"}},
-                "required": ["query"],
-            },
-        },
-    },
-}
 
 
 @dataclass
@@ -122,7 +92,7 @@ class _Episode:
     calls: int = 0
     calls_by_tool: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     void_turns: int = 0
-    session: Any = None
+    sessions: dict[str, Any] = field(default_factory=dict)  # tool name -> its session
     pending: Action | None = None
     done: bool = False
 
@@ -154,6 +124,7 @@ class AgentLoop:
                 f"tools {missing} are enabled in the config but were not provided to the agent loop"
             )
         self.tools = {name: tools[name] for name in config.tools}
+        _check_protocol_can_call(self.protocol, self.tools)
         if prompt_builder is None:
             from trajlab.tasks.prompts import render_messages
 
@@ -165,7 +136,7 @@ class AgentLoop:
         self.prompt_builder = prompt_builder
         self.max_context = config.max_context or _model_context(engine)
         if isinstance(self.protocol, NativeProtocol) and self.tools:
-            _check_template_supports_tools(self.tok, list(self.tools))
+            _check_template_supports_tools(self.tok, self._schemas())
 
     # -- public -------------------------------------------------------------
     def run(
@@ -199,12 +170,8 @@ class AgentLoop:
         traj.add(Segment("prompt", ids, text=text))
         ep = _Episode(example=example, traj=traj, ids=list(ids), prompt_len=len(ids))
         ep.traj.metadata["messages"] = messages
-        if (
-            self.config.stateful
-            and "python" in self.tools
-            and hasattr(self.tools["python"], "open_session")
-        ):
-            ep.session = self.tools["python"].open_session()
+        if self.config.stateful:
+            ep.sessions = {n: t.open_session() for n, t in self.tools.items() if keeps_sessions(t)}
         if len(ids) >= self.max_context:
             self._end(
                 ep,
@@ -324,11 +291,7 @@ class AgentLoop:
                     )
                 )
                 continue
-            tool = (
-                e.session
-                if (e.session is not None and action.tool == "python")
-                else self.tools[action.tool]
-            )
+            tool = e.sessions.get(action.tool) or self.tools[action.tool]
             futures.append((e, action, pool.submit(_timed_run, tool, action.args), None))
         for e, action, fut, result in futures:
             e.pending = None
@@ -396,11 +359,15 @@ class AgentLoop:
         elif e.response_len >= self.config.max_new_tokens:
             self._end(e, "length")
 
+    def _schemas(self) -> list[dict[str, Any]]:
+        """The schemas the enabled tools offer under `native` (tools without one are not offered)."""
+        return [s for s in map(tool_schema, self.tools.values()) if s]
+
     def _render_prompt(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tok, "chat_template", None):
             kw: dict[str, Any] = {}
             if isinstance(self.protocol, NativeProtocol) and self.tools:
-                kw["tools"] = [TOOL_SCHEMAS[t] for t in self.tools if t in TOOL_SCHEMAS]
+                kw["tools"] = self._schemas()
             return self.tok.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False, **kw
             )
@@ -415,11 +382,12 @@ class AgentLoop:
             e.traj.metadata["error"] = error
 
     def _finish(self, e: _Episode) -> None:
-        if e.session is not None:
+        for name, session in e.sessions.items():
             try:
-                e.session.close()
+                session.close()
             except Exception as exc:  # closing a session must not lose the trajectory
-                log.warning("closing a python session failed: %r", exc)
+                log.warning("closing a %s session failed: %r", name, exc)
+        e.sessions = {}
         md = e.traj.metadata
         md.pop("messages", None)
         md.update(
@@ -455,10 +423,28 @@ def _model_context(engine: Engine) -> int:
     return int(n) if n else 8192
 
 
+def _check_protocol_can_call(protocol: Any, tools: dict[str, Tool]) -> None:
+    """Every enabled tool must be callable under the protocol: a markup protocol needs a
+    call syntax for it, `native` needs its schema. Otherwise the model could never call it."""
+    if isinstance(protocol, NativeProtocol):
+        unusable = [n for n, t in tools.items() if not tool_schema(t)]
+        fix = "give the tool a `schema` (trajlab.tools.base.function_schema)"
+    else:
+        unusable = [n for n in tools if n not in protocol.tools()]
+        fix = (
+            f"{protocol.name} writes calls to {', '.join(protocol.tools())} only; use a protocol "
+            "with a call syntax for the tool, or native (it offers any tool with a schema)"
+        )
+    if unusable:
+        raise ValueError(
+            f"protocol {protocol.name!r} cannot call tool(s) {', '.join(unusable)}; {fix}"
+        )
+
+
 _PLACEHOLDER = "\x01TRAJLAB-ASSISTANT-TURN\x01"
 
 
-def _check_template_supports_tools(tok: Any, tools: list[str]) -> None:
+def _check_template_supports_tools(tok: Any, schemas: list[dict[str, Any]]) -> None:
     msgs = [{"role": "user", "content": "hi"}]
     if not getattr(tok, "chat_template", None):
         raise ValueError(
@@ -469,7 +455,7 @@ def _check_template_supports_tools(tok: Any, tools: list[str]) -> None:
         msgs,
         tokenize=False,
         add_generation_prompt=True,
-        tools=[TOOL_SCHEMAS[t] for t in tools if t in TOOL_SCHEMAS],
+        tools=schemas,
     )
     if plain == with_tools:
         raise ValueError(

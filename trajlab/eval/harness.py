@@ -98,6 +98,11 @@ class EvalConfig:
     )
     agent: AgentConfig = field(default_factory=AgentConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    tool_plugins: dict[str, str] = opt(
+        {},
+        "tool name -> 'module:factory' built instead of the registered tool, "
+        "e.g. python: trajlab.tools.fake:echo_python",
+    )
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -188,7 +193,11 @@ def evaluate(
                 engine = load_engine(config)
             if tools is None:
                 tools = build_tools(
-                    config.agent.tools, config.agent, config.tools, engine.tokenizer
+                    config.agent.tools,
+                    config.agent,
+                    config.tools,
+                    engine.tokenizer,
+                    config.tool_plugins,
                 )
             loop = AgentLoop(
                 engine,

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from trajlab.config import opt
-from trajlab.tools.base import ToolResult
+from trajlab.tools.base import ToolResult, function_schema
 
 
 @dataclass
@@ -311,6 +311,11 @@ def extract_triplets(passages: Iterable[Any]) -> list[Triplet]:
 
 class KGTool:
     name = "kg"
+    schema = function_schema(
+        "kg",
+        "Look up facts (subject, relation, object) about an entity in the knowledge graph.",
+        {"query": "an entity name, or 'entity | relation' to narrow the facts"},
+    )
 
     def __init__(
         self,

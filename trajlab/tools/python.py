@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trajlab.config import opt
-from trajlab.tools.base import ToolResult
+from trajlab.tools.base import ToolResult, function_schema
 from trajlab.tools.sandbox import SandboxConfig, SandboxPool, SandboxResult, SandboxSession
 
 
@@ -127,10 +127,18 @@ def _to_tool_result(r: SandboxResult, cfg: PythonToolConfig) -> ToolResult:
     )
 
 
+PYTHON_SCHEMA = function_schema(
+    "python",
+    "Run a Python program and return what it prints.",
+    {"code": "a complete Python program"},
+)
+
+
 class PythonTool:
     """Tool protocol implementation over a SandboxPool (shared by all trajectories)."""
 
     name = "python"
+    schema = PYTHON_SCHEMA
 
     def __init__(self, config: PythonToolConfig | None = None, pool: SandboxPool | None = None):
         self.config = config or PythonToolConfig()

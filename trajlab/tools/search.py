@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 from trajlab.config import opt
 from trajlab.retrieval.base import Hit
-from trajlab.tools.base import ToolResult
+from trajlab.tools.base import ToolResult, function_schema
 
 FORMATS = ("auto", "search_r1", "r1_searcher", "blocks")
 CACHE_MODES = ("off", "rw", "replay")
@@ -364,6 +364,11 @@ class _LazyIndex:
 
 class SearchTool:
     name = "search"
+    schema = function_schema(
+        "search",
+        "Search the document collection and return the top passages.",
+        {"query": "a short keyword query"},
+    )
 
     def __init__(
         self,

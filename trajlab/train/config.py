@@ -313,7 +313,9 @@ class TrainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     tool_plugins: dict[str, str] = opt(
-        {}, "tool name -> 'module:factory' used instead of the built-in tool (tests)"
+        {},
+        "tool name -> 'module:factory' built instead of the registered tool, "
+        "e.g. python: trajlab.tools.fake:echo_python",
     )
     reward: RewardConfig = field(default_factory=RewardConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
