@@ -217,3 +217,44 @@ def test_bad_rows_and_wrong_splits_name_the_problem(tmp_path):
         load_task("bamboogle", data_dir=tmp_path)
     with pytest.raises(ValueError, match="do not apply to the benchmark"):
         load_task("gsm8k", data_dir=tmp_path, word_prob=0.5)
+
+
+@pytest.mark.parametrize(
+    "argv,protocol,tools",
+    [
+        (["eval", "--task", "hotpotqa"], "search_r1", ["search"]),
+        (["eval", "--task", "gsm8k"], "code", ["python"]),
+        (
+            ["eval", "--task", "hotpotqa", "--protocol", "tags", "--tools", "search"],
+            "tags",
+            ["search"],
+        ),
+        (["eval", "--task", "bamboogle", "agent.tools=[search]"], "code", ["search"]),
+        (["eval", "--task", "arith"], "code", ["python"]),
+    ],
+)
+def test_a_benchmark_brings_its_protocol_unless_the_run_names_one(argv, protocol, tools):
+    from trajlab.build import benchmark_defaults
+    from trajlab.cli import parse
+    from trajlab.eval.harness import EvalConfig
+    from trajlab.flags import resolve
+
+    _, args = parse(argv)
+    cfg = resolve(EvalConfig, args, defaults=benchmark_defaults("task"))
+    assert (cfg.agent.protocol, cfg.agent.tools) == (protocol, tools)
+
+
+def test_a_training_run_on_a_benchmark_gets_its_protocol_and_reward():
+    from trajlab.build import benchmark_defaults
+    from trajlab.flags import resolve
+    from trajlab.train.config import TrainConfig
+
+    defaults = benchmark_defaults("data.task", "reward.weights")
+    cfg = resolve(TrainConfig, overrides=["data.task=hotpotqa"], defaults=defaults)
+    assert cfg.agent.protocol == "search_r1" and cfg.reward.weights == {"qa_em": 1.0}
+    given = resolve(
+        TrainConfig,
+        overrides=["data.task=hotpotqa", "reward.weights={qa_f1: 1.0}"],
+        defaults=defaults,
+    )
+    assert given.reward.weights == {"qa_f1": 1.0}

@@ -32,6 +32,34 @@ def test_help_lists_commands_and_eval_flags():
         assert flag in r.stdout
 
 
+def test_top_level_help_imports_only_the_dispatcher():
+    probe = (
+        "import sys\n"
+        "from trajlab.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'numpy', 'trajlab.eval.harness') if m in sys.modules]\n"
+        "sys.stderr.write(repr(heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "eval" in r.stdout and r.stderr.strip().endswith("[]"), r.stderr
+
+
+def test_key_value_overrides_go_anywhere_after_the_command():
+    from trajlab.cli import parse
+
+    _, args = parse(
+        ["eval", "--model", "m", "agent.max_turns=6", "--limit", "2", "tools.python.timeout_s=5"]
+    )
+    assert args.limit == 2 and args.overrides == ["agent.max_turns=6", "tools.python.timeout_s=5"]
+    _, args = parse(["train", "configs/quickstart.yaml", "--steps", "3", "seed=1", "optim.lr=1e-5"])
+    assert args.config == "configs/quickstart.yaml" and args.overrides == [
+        "seed=1",
+        "optim.lr=1e-5",
+    ]
+    with pytest.raises(SystemExit):
+        parse(["compare", "a", "b", "seed=1"])  # compare takes no overrides
+
+
 @pytest.mark.parametrize("tools", ["none", "python"])
 def test_eval_cli_end_to_end_on_tiny_model(tmp_path, tools):
     model = make_tiny_model(tmp_path / "tiny")
@@ -83,5 +111,5 @@ def test_eval_cli_errors_are_one_clear_line(tmp_path):
         str(tmp_path / "r"),
     )
     assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
-    r = _trajlab("eval", "--set", "agent.max_turns=zero", "--out", str(tmp_path / "r2"))
+    r = _trajlab("eval", "agent.max_turns=zero", "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "agent.max_turns" in r.stderr

@@ -73,19 +73,19 @@ pip install trajlab
 
 
 def test_a_renamed_flag_would_fail():
-    from trajlab.cli import build_parser
+    from trajlab.cli import parse
 
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["eval", "--no-such-flag", "1"])
+        parse(["eval", "--no-such-flag", "1"])
 
 
 @pytest.mark.parametrize("where,argv", COMMANDS, ids=[c[0][:90] for c in COMMANDS])
 def test_documented_command_parses(where, argv, monkeypatch):
-    from trajlab.cli import build_parser
+    from trajlab.cli import parse
 
     monkeypatch.chdir(ROOT)
     try:
-        args = build_parser().parse_args(argv[1:])
+        _, args = parse(argv[1:])
     except SystemExit as e:
         pytest.fail(f"{where}\ndoes not parse with the current CLI (exit {e.code})")
     if args.command == "train" and args.config and args.config.startswith("configs/"):

@@ -103,8 +103,9 @@ def test_sft_cli_masks_tool_output_and_learns(tiny_model_dir, tmp_path):
     from trajlab.agent.loop import AgentConfig, AgentLoop
     from trajlab.engines.fake import FakeEngine
     from trajlab.models import load_tokenizer
-    from trajlab.train.cli import configure_sft, main_sft
     from trajlab.train.sft import sft_loss
+    from trajlab.train.sft_cli import configure as configure_sft
+    from trajlab.train.sft_cli import main as main_sft
     from trajlab.types import Example, write_jsonl
 
     tok = load_tokenizer(tiny_model_dir)

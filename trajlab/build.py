@@ -28,6 +28,46 @@ from trajlab.types import Example
 PromptBuilder = Callable[[Example], list[dict[str, str]]]
 
 
+def task_defaults(task: str) -> dict[str, Any]:
+    """What a named benchmark implies unless the user says otherwise, as dotted keys of the
+    `agent` section: the protocol its papers use and the tools that protocol calls
+    (`hotpotqa` -> search_r1 with the search tool; `gsm8k` -> code with python). Other tasks
+    imply nothing."""
+    from trajlab.agent.protocols import get_protocol
+    from trajlab.tasks import BENCHMARKS
+
+    bench = BENCHMARKS.get(task)
+    if bench is None:
+        return {}
+    tools = getattr(get_protocol(bench.protocol), "tools", lambda: [])()
+    return {"agent.protocol": bench.protocol, "agent.tools": list(tools)}
+
+
+def benchmark_defaults(
+    task_key: str, reward_key: str | None = None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`defaults` for trajlab.flags.resolve: the benchmark named at `task_key` (`task` of an
+    eval config, `data.task` of a training one) sets the agent's protocol and tools unless
+    the run names a protocol or tools itself, and the reward weights at `reward_key`
+    (training) unless the run gives weights."""
+
+    def defaults(data: dict[str, Any]) -> dict[str, Any]:
+        from trajlab.flags import lookup
+        from trajlab.tasks import BENCHMARKS
+
+        task = str(lookup(data, task_key) or "")
+        if task not in BENCHMARKS:
+            return {}
+        out: dict[str, Any] = {}
+        if lookup(data, "agent.protocol") is None and lookup(data, "agent.tools") is None:
+            out.update(task_defaults(task))
+        if reward_key and lookup(data, reward_key) is None:
+            out[reward_key] = {BENCHMARKS[task].reward: 1.0}
+        return out
+
+    return defaults
+
+
 def load_policy(spec: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) of a model spec: 'default', a HF directory or a .gguf file."""
     from trajlab.models import load_model, load_tokenizer

@@ -6,6 +6,9 @@ types and values outside `choices` with an error that names the field, the bad v
 and what is allowed. `apply_overrides(data, ["a.b=3"])` applies command-line
 `key=value` overrides (values parsed as YAML scalars) before validation.
 
+PyYAML is imported only where YAML is read or written, so the sandbox (which declares its
+settings with `opt`) imports this module from a bare interpreter.
+
 What this module does not do: hold any algorithm's config itself; each concern
 declares its own dataclass next to the code that uses it.
 """
@@ -21,8 +24,6 @@ from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 T = TypeVar("T")
 
 
@@ -31,10 +32,16 @@ class ConfigError(ValueError):
 
 
 def opt(
-    default: Any = MISSING, help: str = "", choices: Sequence[Any] | None = None, **kw: Any
+    default: Any = MISSING,
+    help: str = "",
+    choices: Sequence[Any] | None = None,
+    flag: bool = True,
+    **kw: Any,
 ) -> Any:
-    """A documented dataclass field. Mutable defaults (lists, dicts) are copied per instance."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    """A documented dataclass field. Mutable defaults (lists, dicts) are copied per instance.
+    `flag=False` keeps an internal field off the command line (YAML and key=value still
+    reach it)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -148,11 +155,22 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+    """A config as plain data (tuples become lists), as it reads back from YAML or JSON."""
+    return _plain(dataclasses.asdict(obj))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides; values are parsed as YAML scalars (3, 0.5, true, [a, b])."""
+    import yaml
+
     out = dict(data)
     for item in overrides:
         if "=" not in item:
@@ -170,6 +188,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")
@@ -183,6 +203,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def dump_yaml(obj: Any, path: str | Path) -> None:
+    import yaml
+
     Path(path).write_text(
         yaml.safe_dump(to_dict(obj) if is_dataclass(obj) else obj, sort_keys=False)
     )

@@ -261,7 +261,7 @@ def run_stage(name: str, a: dict[str, Any], *args: str) -> dict[str, Any]:
 # -- main ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trajlab.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M-Instruct)")
@@ -292,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.eval_size, args.sft_size, args.rl_steps = 20, 8, 2
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from trajlab.eval.compare import compare_runs
     from trajlab.models import resolve_model_dir
 
@@ -338,16 +342,24 @@ def main(argv: list[str] | None = None) -> int:
         "sft": _gain(compare_runs(out / "eval_base", out / "eval_sft")),
         "rl": _gain(compare_runs(out / "eval_sft", out / "eval_rl")),
     }
-    total = time.perf_counter() - t_start
+    report(args, out, results, timings, gains, time.perf_counter() - t_start)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    out: Path,
+    results: dict[str, dict],
+    timings: dict[str, float],
+    gains: dict[str, dict],
+    total: float,
+) -> None:
+    """The per-stage table, the gains, demo_results.json and the commands that open the runs."""
     say("")
     say(f"held-out arith ({args.eval_size} questions, greedy), {args.model}, seed {args.seed}:")
     say(f"  {'stage':<16} {'accuracy [95% interval]':>26} {'tool-call rate':>15} {'time':>7}")
+    stage_time = {"base model": 0.0, "after SFT": timings["sft"], "after SFT + RL": timings["rl"]}
     for label, m in results.items():
-        stage_time = {
-            "base model": 0.0,
-            "after SFT": timings["sft"],
-            "after SFT + RL": timings["rl"],
-        }
         t = stage_time[label] + m["time_s"]
         say(f"  {label:<16} {_with_ci(m, 'accuracy'):>26} {m['tool_call_rate']:>15.3f} {t:>6.0f}s")
     say(
@@ -355,28 +367,22 @@ def main(argv: list[str] | None = None) -> int:
         f"RL over SFT {_gain_text(gains['rl'])}"
     )
     say(f"total {total / 60:.1f} min")
-    (out / "demo_results.json").write_text(
-        json.dumps(
-            {
-                "seed": args.seed,
-                "eval_size": args.eval_size,
-                "results": results,
-                "gains": gains,
-                "timings_s": timings,
-                "total_s": total,
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "seed": args.seed,
+        "eval_size": args.eval_size,
+        "results": results,
+        "gains": gains,
+        "timings_s": timings,
+        "total_s": total,
+    }
+    (out / "demo_results.json").write_text(json.dumps(summary, indent=2))
     say(f"run written to {out}")
-    from trajlab.cli import trajlab_command
+    from trajlab.flags import trajlab_command
 
     cmd = trajlab_command()
-    say(
-        f"open it with: {cmd} view {out / 'rl'} {out / 'eval_base'} {out / 'eval_sft'} {out / 'eval_rl'}"
-    )
+    runs = " ".join(str(out / d) for d in ("rl", "eval_base", "eval_sft", "eval_rl"))
+    say(f"open it with: {cmd} view {runs}")
     say(f"compare two stages: {cmd} compare {out / 'eval_sft'} {out / 'eval_rl'}")
-    return 0
 
 
 def _with_ci(m: dict[str, Any], key: str) -> str:

@@ -246,13 +246,21 @@ def resolve_model_dir(spec: str | Path, log: Log = _stderr) -> Path:
     return path
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def as_dtype(dtype: torch.dtype | str, what: str = "dtype") -> torch.dtype:
+    """A torch dtype from its name in configs (float32, bfloat16 or bf16, float16)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in choices:
-        raise ValueError(f"dtype must be one of {sorted(choices)}, got {dtype!r}")
-    return choices[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"{what} must be one of {', '.join(sorted(DTYPES))}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def load_model(
@@ -265,9 +273,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_dir(spec, log=log)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=_as_dtype(dtype), local_files_only=True
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=as_dtype(dtype), local_files_only=True)
     return model.to(device).eval()
 
 

@@ -275,12 +275,9 @@ class _DecodeWeights:
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"decode_dtype must be one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
+    from trajlab.models import as_dtype
+
+    return None if dtype is None else as_dtype(dtype, "decode_dtype")
 
 
 # -- pure helpers -------------------------------------------------------------------

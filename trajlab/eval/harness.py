@@ -28,7 +28,7 @@ from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.config import ConfigError, opt, to_dict
 from trajlab.engines.base import Engine, SamplingParams
 from trajlab.eval.metrics import compute_metrics
-from trajlab.rundir import update_run_json, write_run_json
+from trajlab.rundir import start_or_resume, update_run_json
 from trajlab.tools.base import Tool
 from trajlab.tools.config import ToolsConfig
 from trajlab.types import Example, Trajectory, iter_jsonl, write_jsonl
@@ -147,41 +147,13 @@ def evaluate(
     out = Path(config.out or f"runs/eval-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     cfg_dict = to_dict(config)
     _prepare_run_dir(out, cfg_dict, argv)
-
-    if examples is None:
-        from trajlab.tasks import load_task
-
-        try:
-            examples = load_task(
-                config.task,
-                split=config.split,
-                n=config.limit or None,
-                seed=config.task_seed,
-                data_dir=config.data_dir or None,
-                **config.task_options,
-            )
-        except TypeError as e:  # an option the task does not take
-            raise ConfigError(f"task_options: {e}") from None
-    if config.limit:
-        examples = examples[: config.limit]
+    examples = (load_examples(config) if examples is None else examples)[: config.limit or None]
     scorer = scorer or make_scorer(config)
     traj_path = out / "trajectories.jsonl"
-    done = (
-        {(t.example_id, t.sample_index) for t in iter_jsonl(traj_path)}
-        if traj_path.exists()
-        else set()
-    )
-    _drop_torn_tail(traj_path)
-    jobs = [(ex, i) for ex in examples for i in range(config.n) if (ex.id, i) not in done]
-    if done:
-        print(
-            f"resuming {out}: {len(done)} trajectories already done, {len(jobs)} to go",
-            file=sys.stderr,
-        )
+    jobs = _pending_jobs(examples, config.n, traj_path, out)
 
     own_tools = tools is None
-    run_info = json.loads((out / "run.json").read_text())
-    elapsed_before = float(run_info.get("wall_time_s", 0.0))
+    elapsed_before = float(json.loads((out / "run.json").read_text()).get("wall_time_s", 0.0))
     t0 = time.perf_counter()
     status = "failed"
     try:
@@ -189,8 +161,7 @@ def evaluate(
             from trajlab.build import build_tools, prompt_builder
 
             prompts = prompt_builder(config.prompt)
-            if engine is None:
-                engine = load_engine(config)
+            engine = engine or load_engine(config)
             if tools is None:
                 tools = build_tools(
                     config.agent.tools,
@@ -218,13 +189,57 @@ def evaluate(
         if own_tools and tools:
             for t in tools.values():
                 t.close()
+    return _report(out, config, cfg_dict, traj_path, wall)
+
+
+def load_examples(config: EvalConfig) -> list[Example]:
+    """The examples of `config.task` (a built-in task, a benchmark, hf:..., or a JSONL file)."""
+    from trajlab.tasks import load_task
+
+    try:
+        return load_task(
+            config.task,
+            split=config.split,
+            n=config.limit or None,
+            seed=config.task_seed,
+            data_dir=config.data_dir or None,
+            **config.task_options,
+        )
+    except TypeError as e:  # an option the task does not take
+        raise ConfigError(f"task_options: {e}") from None
+
+
+def _pending_jobs(
+    examples: list[Example], n: int, traj_path: Path, out: Path
+) -> list[tuple[Example, int]]:
+    """(example, sample index) pairs not yet in the trajectories file (a resumed run keeps
+    the finished ones; a torn last line from a crash is dropped first)."""
+    done = (
+        {(t.example_id, t.sample_index) for t in iter_jsonl(traj_path)}
+        if traj_path.exists()
+        else set()
+    )
+    _drop_torn_tail(traj_path)
+    jobs = [(ex, i) for ex in examples for i in range(n) if (ex.id, i) not in done]
+    if done:
+        print(
+            f"resuming {out}: {len(done)} trajectories already done, {len(jobs)} to go",
+            file=sys.stderr,
+        )
+    return jobs
+
+
+def _report(
+    out: Path, config: EvalConfig, cfg_dict: dict[str, Any], traj_path: Path, wall: float
+) -> dict[str, Any]:
+    """metrics.json, summary.md and metrics.png of a finished run; returns the metrics."""
+    from trajlab.eval.report import write_plot, write_summary
+
     trajs = list(iter_jsonl(traj_path)) if traj_path.exists() else []
     metrics = compute_metrics(trajs, wall_time_s=wall)
     metrics["model"] = config.model
     metrics["task"] = config.task
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    from trajlab.eval.report import write_plot, write_summary
-
     write_summary(out / "summary.md", metrics, cfg_dict)
     write_plot(out / "metrics.png", metrics)
     metrics["run_dir"] = str(out)
@@ -272,23 +287,7 @@ def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) ->
 
 
 def _prepare_run_dir(out: Path, cfg: dict[str, Any], argv: list[str] | None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        diff = sorted(
-            k for k in set(old) | set(cfg) if k not in _RESUMABLE_KEYS and old.get(k) != cfg.get(k)
-        )
-        if diff:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff)
-            raise ConfigError(
-                f"{out} holds a run with a different config ({details}). "
-                f"Resume it with the same settings, or choose a new --out directory."
-            )
-        update_run_json(out, status="running")
-        return
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    write_run_json(out, "eval", argv)
+    start_or_resume(out, "eval", cfg, "config.json", _RESUMABLE_KEYS, argv)
 
 
 def _drop_torn_tail(path: Path) -> None:

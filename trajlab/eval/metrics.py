@@ -91,46 +91,10 @@ def compute_metrics(
         by_example[t.example_id].append(t)
     for group in by_example.values():
         group.sort(key=lambda t: t.sample_index)
-    n_min = min(len(g) for g in by_example.values())
-    ks = list(ks) if ks is not None else default_ks(n_min)
-
-    def correct(t: Trajectory) -> bool:
-        return bool(t.metadata.get("correct", False))
-
-    out: dict[str, Any] = {
-        "num_examples": len(by_example),
-        "num_trajectories": len(trajs),
-        "samples_per_example": n_min,
-        "accuracy": _mean(sum(map(correct, g)) / len(g) for g in by_example.values()),
-    }
-    if n_min > 1:
-        # examples with both right and wrong samples: the GRPO groups that carry a signal
-        out["mixed_rate"] = _mean(0 < sum(map(correct, g)) < len(g) for g in by_example.values())
-    for k in ks:
-        if k <= n_min:
-            out[f"pass@{k}"] = _mean(
-                pass_at_k(len(g), sum(map(correct, g)), k) for g in by_example.values()
-            )
-            out[f"maj@{k}"] = _mean(
-                majority_vote([t.prediction for t in g[:k]], [correct(t) for t in g[:k]])
-                for g in by_example.values()
-            )
-    calls = [c for t in trajs for c in t.tool_calls]
-    out["tool_call_rate"] = _mean(bool(t.tool_calls) for t in trajs)
-    out["tool_calls_per_trajectory"] = len(calls) / len(trajs)
-    out["tool_error_rate"] = _mean(not c.ok for c in calls) if calls else 0.0
-    out["tool_calls_by_tool"] = dict(Counter(c.tool for c in calls))
-    out["tool_calls_by_status"] = dict(Counter(c.status for c in calls))
-    out["tool_latency_s_mean"] = _mean(c.latency_s for c in calls) if calls else 0.0
-    out["tool_stats"] = tool_stats(trajs)
-    for key in ("em", "f1", "cover_em"):
-        values = [v for t in trajs if (v := _component(t, key)) is not None]
-        if values:
-            out[key] = _mean(values)
-    recalls = [t.metadata["retrieval_recall"] for t in trajs if "retrieval_recall" in t.metadata]
-    if recalls:
-        out["retrieval_recall"] = _mean(recalls)
-        out["retrieval_all_found"] = _mean(r >= 1.0 for r in recalls)
+    out = sample_metrics(list(by_example.values()), ks)
+    out["num_trajectories"] = len(trajs)
+    out.update(tool_metrics(trajs))
+    out.update(qa_metrics(trajs))
     out["response_tokens_mean"] = _mean(len(t.response_token_ids) for t in trajs)
     out["model_tokens_mean"] = _mean(t.num_model_tokens for t in trajs)
     out["turns_mean"] = _mean(t.metadata.get("turns", 0) for t in trajs)
@@ -146,6 +110,62 @@ def compute_metrics(
         out["wall_time_s"] = wall_time_s
         total_model = sum(t.num_model_tokens for t in trajs)
         out["model_tokens_per_s"] = total_model / wall_time_s if wall_time_s > 0 else 0.0
+    return out
+
+
+def _correct(t: Trajectory) -> bool:
+    return bool(t.metadata.get("correct", False))
+
+
+def sample_metrics(
+    groups: list[list[Trajectory]], ks: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Accuracy, pass@k and maj@k over groups of samples of the same example."""
+    n_min = min(len(g) for g in groups)
+    ks = list(ks) if ks is not None else default_ks(n_min)
+    out: dict[str, Any] = {
+        "num_examples": len(groups),
+        "samples_per_example": n_min,
+        "accuracy": _mean(sum(map(_correct, g)) / len(g) for g in groups),
+    }
+    if n_min > 1:
+        # examples with both right and wrong samples: the GRPO groups that carry a signal
+        out["mixed_rate"] = _mean(0 < sum(map(_correct, g)) < len(g) for g in groups)
+    for k in ks:
+        if k <= n_min:
+            out[f"pass@{k}"] = _mean(pass_at_k(len(g), sum(map(_correct, g)), k) for g in groups)
+            out[f"maj@{k}"] = _mean(
+                majority_vote([t.prediction for t in g[:k]], [_correct(t) for t in g[:k]])
+                for g in groups
+            )
+    return out
+
+
+def tool_metrics(trajs: list[Trajectory]) -> dict[str, Any]:
+    """How often tools were called, how they answered, how long they took."""
+    calls = [c for t in trajs for c in t.tool_calls]
+    return {
+        "tool_call_rate": _mean(bool(t.tool_calls) for t in trajs),
+        "tool_calls_per_trajectory": len(calls) / len(trajs),
+        "tool_error_rate": _mean(not c.ok for c in calls) if calls else 0.0,
+        "tool_calls_by_tool": dict(Counter(c.tool for c in calls)),
+        "tool_calls_by_status": dict(Counter(c.status for c in calls)),
+        "tool_latency_s_mean": _mean(c.latency_s for c in calls) if calls else 0.0,
+        "tool_stats": tool_stats(trajs),
+    }
+
+
+def qa_metrics(trajs: list[Trajectory]) -> dict[str, Any]:
+    """EM, F1 and cover-EM where the reward has them; retrieval recall where it was scored."""
+    out: dict[str, Any] = {}
+    for key in ("em", "f1", "cover_em"):
+        values = [v for t in trajs if (v := _component(t, key)) is not None]
+        if values:
+            out[key] = _mean(values)
+    recalls = [t.metadata["retrieval_recall"] for t in trajs if "retrieval_recall" in t.metadata]
+    if recalls:
+        out["retrieval_recall"] = _mean(recalls)
+        out["retrieval_all_found"] = _mean(r >= 1.0 for r in recalls)
     return out
 
 

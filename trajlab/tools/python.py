@@ -20,7 +20,7 @@ Non-goals: truncating the observation for the model's context is the agent loop'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from trajlab.config import opt
@@ -29,55 +29,16 @@ from trajlab.tools.sandbox import SandboxConfig, SandboxPool, SandboxResult, San
 
 
 @dataclass
-class PythonToolConfig:
-    """Settings of the python tool (`tools.python` in train and eval configs). Sandbox
-    fields are passed to SandboxConfig unchanged."""
+class PythonToolConfig(SandboxConfig):
+    """Settings of the python tool (`tools.python` in train and eval configs): every
+    SandboxConfig field (the limits, the isolation layers) plus how results are shown."""
 
-    timeout_s: float = opt(
-        10.0, "python tool: wall-clock limit per call (never taken from the model's arguments)"
-    )
     traceback_lines: int = opt(
         1, "python tool: trailing traceback lines shown after stdout on an error (CIR: 1; 0: none)"
     )
-    slots: int = opt(0, "python tool: parallel sandboxes (0: two per CPU core)")
-    memory_bytes: int = opt(1 << 30, "python tool: memory limit per sandbox in bytes")
-    pids: int = opt(64, "python tool: processes and threads per sandbox")
-    output_cap_bytes: int = opt(
-        64 * 1024, "python tool: captured stdout+stderr per call; beyond it the run is killed"
-    )
-    max_code_bytes: int = opt(256 * 1024, "python tool: longer code is rejected without running")
-    allow_loopback: bool = opt(
-        False, "python tool: let code use sockets on a private loopback interface"
-    )
-    preload: list[str] = opt(
-        ["numpy", "sympy"], "python tool: modules imported once per zygote so runs start warm"
-    )
-    allow_insecure: bool = opt(
-        False, "python tool: run even where the sandbox self-check finds isolation missing"
-    )
-    hidden_paths: list[str] = opt(
-        [], "python tool: extra paths (e.g. hidden tests) the self-check verifies are invisible"
-    )
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.slots < 0:
-            raise ValueError(f"slots must be >= 0 (0: two per CPU core), got {self.slots}")
 
     def sandbox_config(self) -> SandboxConfig:
-        return SandboxConfig(
-            slots=self.slots,
-            timeout_s=self.timeout_s,
-            memory_bytes=self.memory_bytes,
-            pids=self.pids,
-            output_cap_bytes=self.output_cap_bytes,
-            max_code_bytes=self.max_code_bytes,
-            allow_loopback=self.allow_loopback,
-            preload=tuple(self.preload),
-            allow_insecure=self.allow_insecure,
-            hidden_paths=tuple(self.hidden_paths),
-        )
+        return SandboxConfig(**{f.name: getattr(self, f.name) for f in fields(SandboxConfig)})
 
 
 _STATUS_LINES = {

@@ -48,10 +48,11 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from trajlab.config import opt
 from trajlab.tools import sandbox_zygote as zy
 
 log = logging.getLogger(__name__)
@@ -86,75 +87,136 @@ def default_slots() -> int:
 class SandboxConfig:
     """Every knob of the sandbox. Defaults: docs/sandbox.md, "Configuration"."""
 
-    slots: int = 0
-    """Number of zygotes (parallel executions); 0 = two per CPU core (at most 32): a slot
-    spends part of each call waiting on pipes and on setting up its next warm spare, so
-    one slot per core leaves the cores idle part of the time (docs/sandbox.md)."""
-    timeout_s: float = 10.0
-    """Wall-clock limit per call, enforced outside the sandbox with SIGKILL. Never taken
-    from the model's tool arguments."""
-    memory_bytes: int = 1 << 30
-    """cgroup memory limit per slot (includes tmpfs pages); also RLIMIT_AS per process."""
-    pids: int = 64
-    """cgroup pids.max per slot and RLIMIT_NPROC of the slot uid (fork and thread bombs)."""
-    fsize_bytes: int = 16 * MiB
-    """RLIMIT_FSIZE: the largest file a sandbox may write."""
-    nofile: int = 256
-    """RLIMIT_NOFILE."""
-    output_cap_bytes: int = 64 * 1024
-    """Bytes of stdout+stderr captured per call; beyond it the run is killed with status
-    output_limit (at most 1 MiB)."""
-    max_code_bytes: int = 256 * 1024
-    """Code larger than this is rejected without running (status error)."""
-    max_stdin_bytes: int = 8 * MiB
-    """Largest stdin a caller (a grader feeding test input) may pass to `run`."""
-    cwd_bytes: int = 64 * MiB
-    """tmpfs size of the working directory (HOME)."""
-    tmp_bytes: int = 64 * MiB
-    """tmpfs size of /tmp."""
-    var_tmp_bytes: int = 16 * MiB
-    """tmpfs size of /var/tmp."""
-    shm_bytes: int = 64 * MiB
-    """tmpfs size of /dev/shm."""
-    allow_loopback: bool = False
-    """Bring `lo` up inside the private network namespace and allow AF_INET/AF_INET6 sockets
-    (for tasks that start local servers). The host network stays unreachable."""
-    preload: tuple[str, ...] = ("numpy", "sympy")
-    """Modules imported once in every zygote, so each run starts with them warm."""
-    allow_insecure: bool = False
-    """Start even when the layers required for untrusted code do not all hold."""
-    minimal_root: bool = True
-    """pivot_root into a read-only root holding only /usr, the interpreter prefix and a few
-    /etc files, so the project tree, data and secrets are invisible."""
-    cgroup: str = "auto"
-    """auto | v1 | v2 | off. auto uses v2 when its memory and pids controllers are
-    available, else v1, else only rlimits."""
-    uid_base: int = 2_100_000_000
-    """First uid of the ranges handed to pools; each pool locks a block of 64 uids
-    (slots use base+i, sessions base+32+i). Must not belong to real users."""
-    hash_seed: str | None = "0"
-    """PYTHONHASHSEED inside the sandbox (None: random per run)."""
-    extra_env: dict[str, str] = field(default_factory=dict)
-    """Additional environment variables for sandboxed code (values are set here, never
-    copied from the trainer's environment)."""
-    hidden_paths: tuple[str, ...] = ()
-    """Paths the self-check must not see from inside (the project tree and home are always
-    checked); e.g. a directory of hidden tests."""
-    session_idle_s: float = 600.0
-    """A stateful session unused for this long is killed."""
-    session_cpu_s: int = 600
-    """RLIMIT_CPU of a session process (CPU time summed over all its cells)."""
-    max_sessions_per_slot: int = 64
-    """Open sessions a slot may hold at once (each is one idle process, mostly shared
-    copy-on-write with its zygote, plus a cgroup)."""
-    recycle_after_runs: int = 10_000
-    """Restart a zygote after this many runs (bounds slow leaks in the fork server)."""
-    python: str = ""
-    """Interpreter for the zygotes; "" = the current one (sys.executable)."""
-    startup_timeout_s: float = 120.0
-    """How long a zygote may take to preload its modules and answer."""
-    zygote_log: str | None = None
-    """File receiving the zygotes' stderr (debugging); None discards it."""
+    slots: int = opt(
+        0,
+        "Number of zygotes (parallel executions); 0 = two per CPU core (at most 32): a slot "
+        "spends part of each call waiting on pipes and on setting up its next warm spare, so one "
+        "slot per core leaves the cores idle part of the time (docs/sandbox.md).",
+    )
+    timeout_s: float = opt(
+        10.0,
+        "Wall-clock limit per call, enforced outside the sandbox with SIGKILL. Never taken from "
+        "the model's tool arguments.",
+    )
+    memory_bytes: int = opt(
+        1 << 30,
+        "cgroup memory limit per slot (includes tmpfs pages); also RLIMIT_AS per process.",
+    )
+    pids: int = opt(
+        64,
+        "cgroup pids.max per slot and RLIMIT_NPROC of the slot uid (fork and thread bombs).",
+    )
+    fsize_bytes: int = opt(
+        16 * MiB,
+        "RLIMIT_FSIZE: the largest file a sandbox may write.",
+    )
+    nofile: int = opt(
+        256,
+        "RLIMIT_NOFILE.",
+    )
+    output_cap_bytes: int = opt(
+        64 * 1024,
+        "Bytes of stdout+stderr captured per call; beyond it the run is killed with status "
+        "output_limit (at most 1 MiB).",
+    )
+    max_code_bytes: int = opt(
+        256 * 1024,
+        "Code larger than this is rejected without running (status error).",
+    )
+    max_stdin_bytes: int = opt(
+        8 * MiB,
+        "Largest stdin a caller (a grader feeding test input) may pass to `run`.",
+    )
+    cwd_bytes: int = opt(
+        64 * MiB,
+        "tmpfs size of the working directory (HOME).",
+    )
+    tmp_bytes: int = opt(
+        64 * MiB,
+        "tmpfs size of /tmp.",
+    )
+    var_tmp_bytes: int = opt(
+        16 * MiB,
+        "tmpfs size of /var/tmp.",
+    )
+    shm_bytes: int = opt(
+        64 * MiB,
+        "tmpfs size of /dev/shm.",
+    )
+    allow_loopback: bool = opt(
+        False,
+        "Bring `lo` up inside the private network namespace and allow AF_INET/AF_INET6 sockets "
+        "(for tasks that start local servers). The host network stays unreachable.",
+    )
+    preload: tuple[str, ...] = opt(
+        ("numpy", "sympy"),
+        "Modules imported once in every zygote, so each run starts with them warm.",
+    )
+    allow_insecure: bool = opt(
+        False,
+        "Start even when the layers required for untrusted code do not all hold.",
+    )
+    minimal_root: bool = opt(
+        True,
+        "pivot_root into a read-only root holding only /usr, the interpreter prefix and a few "
+        "/etc files, so the project tree, data and secrets are invisible.",
+    )
+    cgroup: str = opt(
+        "auto",
+        "auto | v1 | v2 | off. auto uses v2 when its memory and pids controllers are available, "
+        "else v1, else only rlimits.",
+    )
+    uid_base: int = opt(
+        2_100_000_000,
+        "First uid of the ranges handed to pools; each pool locks a block of 64 uids (slots use "
+        "base+i, sessions base+32+i). Must not belong to real users.",
+        flag=False,
+    )
+    hash_seed: str | None = opt(
+        "0",
+        "PYTHONHASHSEED inside the sandbox (None: random per run).",
+    )
+    extra_env: dict[str, str] = opt(
+        {},
+        "Additional environment variables for sandboxed code (values are set here, never copied "
+        "from the trainer's environment).",
+    )
+    hidden_paths: tuple[str, ...] = opt(
+        (),
+        "Paths the self-check must not see from inside (the project tree and home are always "
+        "checked); e.g. a directory of hidden tests.",
+    )
+    session_idle_s: float = opt(
+        600.0,
+        "A stateful session unused for this long is killed.",
+    )
+    session_cpu_s: int = opt(
+        600,
+        "RLIMIT_CPU of a session process (CPU time summed over all its cells).",
+    )
+    max_sessions_per_slot: int = opt(
+        64,
+        "Open sessions a slot may hold at once (each is one idle process, mostly shared "
+        "copy-on-write with its zygote, plus a cgroup).",
+    )
+    recycle_after_runs: int = opt(
+        10_000,
+        "Restart a zygote after this many runs (bounds slow leaks in the fork server).",
+    )
+    python: str = opt(
+        "",
+        'Interpreter for the zygotes; "" = the current one (sys.executable).',
+        flag=False,
+    )
+    startup_timeout_s: float = opt(
+        120.0,
+        "How long a zygote may take to preload its modules and answer.",
+    )
+    zygote_log: str | None = opt(
+        None,
+        "File receiving the zygotes' stderr (debugging); None discards it.",
+        flag=False,
+    )
 
     def __post_init__(self) -> None:
         checks = [

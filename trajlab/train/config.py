@@ -36,7 +36,7 @@ from trajlab.agent.loop import AgentConfig
 from trajlab.algos.advantages import ADVANTAGES
 from trajlab.algos.length import check_schedule
 from trajlab.algos.losses import AGG_MODES, KL_ESTIMATORS, KL_PLACES, RATIO_LEVELS
-from trajlab.config import ConfigError, apply_overrides, from_dict, load_yaml, opt
+from trajlab.config import opt
 from trajlab.tools.config import ToolsConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -370,16 +370,13 @@ _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """A validated TrainConfig from a YAML file (or defaults) plus `key=value` overrides."""
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    try:
-        return from_dict(TrainConfig, data)
-    except ConfigError as e:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+    from trajlab.flags import resolve
+
+    return resolve(TrainConfig, path=path, overrides=list(overrides or []))
 
 
 def load_sft_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return from_dict(SFTConfig, data)
+    """A validated SFTConfig from a YAML file (or defaults) plus `key=value` overrides."""
+    from trajlab.flags import resolve
+
+    return resolve(SFTConfig, path=path, overrides=list(overrides or []))

@@ -141,14 +141,6 @@ def eval_text(row: dict[str, Any]) -> str:
 def training_summary(rows: Sequence[dict[str, Any]], config: Any, status: str) -> str:
     """summary.md of a training run: held-out evaluations with their intervals, the last
     step's diagnostics and the alarms that fired. Written when the run stops."""
-
-    def ci(row: dict[str, Any], key: str) -> str:
-        lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
-        v = row.get(key)
-        if not isinstance(v, (int, float)):
-            return "-"
-        return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if isinstance(lo, (int, float)) else "")
-
     steps = [r for r in rows if r.get("step", 0) > 0]
     lines = [
         "# Training summary",
@@ -158,46 +150,13 @@ def training_summary(rows: Sequence[dict[str, Any]], config: Any, status: str) -
         f"- rewards: {', '.join(f'{k} x {v:g}' for k, v in config.reward.weights.items())}",
         "",
     ]
-    evals = [r for r in rows if isinstance(r.get("eval/accuracy"), (int, float))]
-    if evals:
-        lines += [
-            "Held-out evaluation (95 % bootstrap interval over the held-out examples; for the",
-            "spread over seeds, run several seeds and `trajlab seeds`):",
-            "",
-            "| step | accuracy | tool-call rate | answered | response tokens |",
-            "|---|---|---|---|---|",
-        ]
-        for r in evals:
-            lines.append(
-                f"| {r['step']} | {ci(r, 'eval/accuracy')} | {ci(r, 'eval/tool_call_rate')} | "
-                f"{ci(r, 'eval/answered_rate')} | {r.get('eval/response_tokens_mean', 0):.0f} |"
-            )
-        first, last = evals[0], evals[-1]
-        if first is not last:
-            lines += [
-                "",
-                f"Held-out accuracy {first['eval/accuracy']:.3f} (step {first['step']}) -> "
-                f"{last['eval/accuracy']:.3f} (step {last['step']}); `trajlab compare "
-                f"RUN/eval/step_{first['step']:06d} RUN/eval/step_{last['step']:06d}` gives the "
-                "paired interval of the difference.",
-            ]
+    lines += _eval_table([r for r in rows if isinstance(r.get("eval/accuracy"), (int, float))])
     if steps:
         r = steps[-1]
-        keys = (
-            "reward/total/mean",
-            "accuracy",
-            "tool_call_rate",
-            "tool_error_rate",
-            "groups/zero_variance",
-            "entropy",
-            "mismatch/kl_k3",
-            "grad_norm",
-            "response_length/mean",
-            "time/step",
-            "machine/load_avg_1m",
-        )
         lines += ["", f"Last step ({r['step']}):", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {r[k]:.4g} |" for k in keys if isinstance(r.get(k), (int, float))]
+        lines += [
+            f"| {k} | {r[k]:.4g} |" for k in SUMMARY_KEYS if isinstance(r.get(k), (int, float))
+        ]
     try:
         from trajlab.viewer.alarms import check_alarms
 
@@ -206,6 +165,59 @@ def training_summary(rows: Sequence[dict[str, Any]], config: Any, status: str) -
         alarms = []
     lines += ["", "Alarms: " + ("; ".join(str(a) for a in alarms) if alarms else "none")]
     return "\n".join(lines) + "\n"
+
+
+# The last step's diagnostics shown in summary.md.
+SUMMARY_KEYS = (
+    "reward/total/mean",
+    "accuracy",
+    "tool_call_rate",
+    "tool_error_rate",
+    "groups/zero_variance",
+    "entropy",
+    "mismatch/kl_k3",
+    "grad_norm",
+    "response_length/mean",
+    "time/step",
+    "machine/load_avg_1m",
+)
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    v = row.get(key)
+    if not isinstance(v, (int, float)):
+        return "-"
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if isinstance(lo, (int, float)) else "")
+
+
+def _eval_table(evals: list[dict[str, Any]]) -> list[str]:
+    """The held-out evaluations, one line each with intervals, and the first-to-last change."""
+    if not evals:
+        return []
+    ci = _with_interval
+    lines = [
+        "Held-out evaluation (95 % bootstrap interval over the held-out examples; for the",
+        "spread over seeds, run several seeds and `trajlab seeds`):",
+        "",
+        "| step | accuracy | tool-call rate | answered | response tokens |",
+        "|---|---|---|---|---|",
+    ]
+    for r in evals:
+        lines.append(
+            f"| {r['step']} | {ci(r, 'eval/accuracy')} | {ci(r, 'eval/tool_call_rate')} | "
+            f"{ci(r, 'eval/answered_rate')} | {r.get('eval/response_tokens_mean', 0):.0f} |"
+        )
+    first, last = evals[0], evals[-1]
+    if first is not last:
+        lines += [
+            "",
+            f"Held-out accuracy {first['eval/accuracy']:.3f} (step {first['step']}) -> "
+            f"{last['eval/accuracy']:.3f} (step {last['step']}); `trajlab compare "
+            f"RUN/eval/step_{first['step']:06d} RUN/eval/step_{last['step']:06d}` gives the "
+            "paired interval of the difference.",
+        ]
+    return lines
 
 
 PLOT_KEYS = (

@@ -90,7 +90,7 @@ from trajlab.models import (
     token_logprobs_and_entropy,
 )
 from trajlab.rewards.scorer import Scorer
-from trajlab.rundir import update_run_json, write_run_json
+from trajlab.rundir import start_or_resume, update_run_json
 from trajlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -107,6 +107,7 @@ from trajlab.train.metrics import (
     weighted_stats,
     write_plots,
 )
+from trajlab.train.policy import adamw, load_trainable
 from trajlab.types import Example, RewardBreakdown, Trajectory, write_jsonl
 
 # Filter reasons (trajlab.algos.filters) -> the overlay's `filtered` values (docs/run_directory.md).
@@ -152,69 +153,7 @@ def train(
         if run.start_step == 0 and cfg.eval.every > 0 and cfg.eval.at_start:
             last = log_row(run, {"step": 0, **evaluate_policy(run, 0)}, step=0)
         for step in range(run.start_step + 1, cfg.steps + 1):
-            t_step = time.perf_counter()
-            timings: dict[str, float] = defaultdict(float)
-
-            # 1-3. rollout, reward and group filters, with over-sampling rounds
-            trajs, exs, group_res, rounds = collect_batch(run, step, timings)
-            keep = (
-                group_res.keep
-                if group_res is not None
-                else torch.ones(len(trajs), dtype=torch.bool)
-            )
-            batch = [i for i in range(len(trajs)) if keep[i]]
-
-            # 4. logprobs of the trained trajectories: old policy, reference, entropy
-            release_memory()  # hand the rollout's KV caches back before activations grow
-            t0 = time.perf_counter()
-            rows = [make_row(trajs[i]) for i in batch]
-            compute_logprobs(run, rows)
-            rewards = torch.tensor(
-                [trajs[i].reward.total for i in batch], dtype=torch.float32
-            )  # [N]
-            if run.kl_in_reward:
-                rewards = fold_kl(run, rows, rewards)
-            timings["logprobs"] += time.perf_counter() - t0
-
-            # 5. advantages over whole groups, then trajectory filters on single trajectories
-            group_keys = [trajs[i].group_id for i in batch]
-            counts = torch.tensor([float(r.loss_mask.sum()) for r in rows])  # [N]
-            adv_fn = get_advantage_fn(cfg.algo.advantage)
-            advantages = (
-                adv_fn(rewards, group_ids_from_keys(group_keys), counts, eps=cfg.algo.adv_eps)
-                if rows
-                else torch.zeros(0)
-            )  # [N]
-            traj_res = trajectory_filters(cfg, [trajs[i] for i in batch])
-            for r, kept in zip(rows, traj_res.keep.tolist()):
-                if not kept:
-                    r.loss_mask = torch.zeros_like(r.loss_mask)  # zero loss, group stats unchanged
-
-            # 6. loss and optimizer steps
-            t0 = time.perf_counter()
-            update = update_policy(run, step, rows, advantages)
-            timings["update"] += time.perf_counter() - t0
-
-            # 7. log: overlays, trajectories, metrics row, evaluation
-            t0 = time.perf_counter()
-            annotate(trajs, batch, rows, advantages, group_res, traj_res, step)
-            if cfg.log.save_trajectories:
-                write_jsonl(run.out / "trajectories" / f"{step_dir_name(step)}.jsonl", trajs)
-            timings["save"] += time.perf_counter() - t0
-            row = step_metrics(run, step, trajs, rows, batch, group_res, traj_res, rounds, update)
-            if cfg.eval.every > 0 and (
-                step % cfg.eval.every == 0 or (step == cfg.steps and cfg.eval.at_end)
-            ):
-                t0 = time.perf_counter()
-                row.update(evaluate_policy(run, step))
-                timings["eval"] += time.perf_counter() - t0
-            timings["step"] = time.perf_counter() - t_step
-            row.update({f"time/{k}": v for k, v in timings.items()})
-            row["machine/load_avg_1m"] = os.getloadavg()[0]  # timings mean little without it
-            row["tokens_per_s"] = row.get("generated_tokens", 0.0) / max(timings["rollout"], 1e-9)
-            last = log_row(run, row, step)
-
-            # 8. checkpoint
+            last = log_row(run, rl_step(run, step), step)
             if step % cfg.log.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
                 save(run, step)
             if stop_after is not None and step >= stop_after:
@@ -224,6 +163,81 @@ def train(
     finally:
         finish(run, status)
     return {**last, "run_dir": str(run.out)}
+
+
+@dataclass
+class StepBatch:
+    """What one step rolled out and what of it is trained on."""
+
+    trajs: list[Trajectory]  # every trajectory of the step, in rollout order
+    exs: list[Example]  # the example of each
+    group_res: FilterResult | None  # the group filters over all of them (None: none on)
+    rounds: int  # over-sampling rounds spent
+    batch: list[int] = field(default_factory=list)  # indices into trajs that are trained on
+    rows: list[Row] = field(default_factory=list)  # one per index in batch
+    advantages: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [len(batch)]
+    traj_res: FilterResult | None = None  # the trajectory filters over the batch
+
+
+def rl_step(run: Run, step: int) -> dict[str, Any]:
+    """One RL step, steps 1-7 of the module docstring; returns its metrics row."""
+    cfg = run.config
+    t_step = time.perf_counter()
+    timings: dict[str, float] = defaultdict(float)
+
+    # 1-3. rollout, reward and group filters, with over-sampling rounds
+    sb = StepBatch(*collect_batch(run, step, timings))
+    keep = sb.group_res.keep if sb.group_res is not None else [True] * len(sb.trajs)
+    sb.batch = [i for i in range(len(sb.trajs)) if keep[i]]
+    # 4-5. logprobs, advantages, trajectory filters
+    release_memory()  # hand the rollout's KV caches back before activations grow
+    advantages_of(run, sb, timings)
+    # 6. loss and optimizer steps
+    t0 = time.perf_counter()
+    update = update_policy(run, step, sb.rows, sb.advantages)
+    timings["update"] += time.perf_counter() - t0
+    # 7. log: overlays, trajectories, metrics row, evaluation
+    t0 = time.perf_counter()
+    annotate(sb, step)
+    if cfg.log.save_trajectories:
+        write_jsonl(run.out / "trajectories" / f"{step_dir_name(step)}.jsonl", sb.trajs)
+    timings["save"] += time.perf_counter() - t0
+    row = step_metrics(run, step, sb, update)
+    if cfg.eval.every > 0 and (
+        step % cfg.eval.every == 0 or (step == cfg.steps and cfg.eval.at_end)
+    ):
+        t0 = time.perf_counter()
+        row.update(evaluate_policy(run, step))
+        timings["eval"] += time.perf_counter() - t0
+    timings["step"] = time.perf_counter() - t_step
+    row.update({f"time/{k}": v for k, v in timings.items()})
+    row["machine/load_avg_1m"] = os.getloadavg()[0]  # timings mean little without it
+    row["tokens_per_s"] = row.get("generated_tokens", 0.0) / max(timings["rollout"], 1e-9)
+    return row
+
+
+def advantages_of(run: Run, sb: StepBatch, timings: dict[str, float]) -> None:
+    """Steps 4-5: logprobs of the trained trajectories (old policy, reference, entropy),
+    advantages over whole groups, then trajectory filters, which zero a row's loss mask
+    but leave the group statistics unchanged."""
+    cfg = run.config
+    t0 = time.perf_counter()
+    sb.rows = [make_row(sb.trajs[i]) for i in sb.batch]
+    compute_logprobs(run, sb.rows)
+    rewards = torch.tensor([sb.trajs[i].reward.total for i in sb.batch], dtype=torch.float32)
+    if run.kl_in_reward:
+        rewards = fold_kl(run, sb.rows, rewards)  # [N]
+    timings["logprobs"] += time.perf_counter() - t0
+    counts = torch.tensor([float(r.loss_mask.sum()) for r in sb.rows])  # [N]
+    groups = group_ids_from_keys([sb.trajs[i].group_id for i in sb.batch])
+    adv_fn = get_advantage_fn(cfg.algo.advantage)
+    sb.advantages = (
+        adv_fn(rewards, groups, counts, eps=cfg.algo.adv_eps) if sb.rows else torch.zeros(0)
+    )  # [N]
+    sb.traj_res = trajectory_filters(cfg, [sb.trajs[i] for i in sb.batch])
+    for r, kept in zip(sb.rows, sb.traj_res.keep.tolist()):
+        if not kept:
+            r.loss_mask = torch.zeros_like(r.loss_mask)
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,24 +642,16 @@ def _reason(reasons: dict[str, torch.Tensor], i: int) -> str | None:
     return None
 
 
-def annotate(
-    trajs: list[Trajectory],
-    batch: list[int],
-    rows: list[Row],
-    advantages: torch.Tensor,
-    group_res: FilterResult | None,
-    traj_res: FilterResult,
-    step: int,
-) -> None:
+def annotate(sb: StepBatch, step: int) -> None:
     """Per-token overlays in metadata['train'], aligned with the response tokens."""
-    for i, t in enumerate(trajs):
-        reason = _reason(group_res.reasons, i) if group_res is not None else None
+    for i, t in enumerate(sb.trajs):
+        reason = _reason(sb.group_res.reasons, i) if sb.group_res is not None else None
         t.metadata["train"] = {"step": step, "filtered": reason}
-    for k, (i, r) in enumerate(zip(batch, rows)):
+    for k, (i, r) in enumerate(zip(sb.batch, sb.rows)):
         p = r.prompt_len
-        overlay = trajs[i].metadata["train"]
-        overlay["filtered"] = _reason(traj_res.reasons, k)
-        a = float(advantages[k])
+        overlay = sb.trajs[i].metadata["train"]
+        overlay["filtered"] = _reason(sb.traj_res.reasons, k)
+        a = float(sb.advantages[k])
         overlay["advantages"] = [round(a, 6) if m else 0.0 for m in r.loss_mask[p:].tolist()]
         # Rows that could not move the weights were not forwarded (update_policy), so they
         # have no trainer logprobs or entropy.
@@ -656,17 +662,8 @@ def annotate(
             overlay["entropy"] = [round(x, 5) for x in r.entropy[p:].tolist()]
 
 
-def step_metrics(
-    run: Run,
-    step: int,
-    trajs: list[Trajectory],
-    rows: list[Row],
-    batch: list[int],
-    group_res: FilterResult | None,
-    traj_res: FilterResult,
-    rounds: int,
-    update: dict[str, float],
-) -> dict[str, Any]:
+def step_metrics(run: Run, step: int, sb: StepBatch, update: dict[str, float]) -> dict[str, Any]:
+    trajs, rows, group_res, traj_res = sb.trajs, sb.rows, sb.group_res, sb.traj_res
     cfg = run.config
     row: dict[str, Any] = {"step": step}
     row.update(
@@ -681,9 +678,9 @@ def step_metrics(
     for name, flags in traj_res.reasons.items():
         reasons[name] += float(flags.sum()) / n
     row.update({f"filtered/{k}": v for k, v in sorted(reasons.items())})
-    row["train_trajectories"] = float(len(batch) - int((~traj_res.keep).sum()))
+    row["train_trajectories"] = float(len(sb.batch) - int((~traj_res.keep).sum()))
     if group_res is not None:
-        row["dynamic_sampling/rounds"] = float(rounds)
+        row["dynamic_sampling/rounds"] = float(sb.rounds)
         row["dynamic_sampling/groups_kept"] = float(len(group_res.kept_groups or []))
         row["dynamic_sampling/shortfall"] = float(group_res.shortfall)
     if cfg.length.limits:
@@ -921,7 +918,7 @@ def setup(
     """Build everything the loop touches, in order: seeds, run directory, policy (and the
     reference when KL is on), optimizer, engine and tools (trajlab.build), data, scorer;
     then resume from the newest checkpoint."""
-    from trajlab.build import build_engine, build_scorer, build_tools, prompt_builder
+    from trajlab.build import build_scorer
 
     out = Path(cfg.out or f"runs/train-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     seed_everything(cfg)
@@ -932,35 +929,9 @@ def setup(
     model, tok, ref_model = load_models(cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg, trainable)
-    own_engine = engine is None
-    if engine is None:
-        r = cfg.rollout
-        engine = build_engine(
-            r.engine,
-            model,
-            tok,
-            max_batch_size=r.max_batch_size,
-            decode_dtype=r.decode_dtype,
-            fake_responses=r.fake_responses,
-        )
-    own_tools = tools is None
-    if tools is None:
-        tools = build_tools(cfg.agent.tools, cfg.agent, cfg.tools, tok, cfg.tool_plugins)
-    loop = AgentLoop(
-        engine,
-        tools,
-        cfg.agent,
-        sampling=rollout_sampling(cfg, 1, 0),
-        prompt_builder=prompt_builder(cfg.data.prompt),
-    )
-    d = cfg.data
-    if examples is None:
-        examples = load_examples(d.task, d.split, d.size, d.seed, d.data_dir, **d.options)
-    if eval_examples is None and cfg.eval.every > 0:
-        eval_examples = load_examples(
-            d.eval_task or d.task, d.eval_split, d.eval_size, d.seed, d.data_dir,
-            **eval_task_options(d),
-        )  # fmt: skip
+    own_engine, own_tools = engine is None, tools is None
+    engine, tools, loop = rollout_loop(cfg, model, tok, engine, tools)
+    examples, eval_examples = run_examples(cfg, examples, eval_examples)
     run = Run(
         config=cfg,
         out=out,
@@ -972,7 +943,7 @@ def setup(
         tools=tools,
         own_tools=own_tools,
         sampler=PromptSampler(examples, f"{cfg.data.seed}/{cfg.seed}"),
-        eval_examples=eval_examples or [],
+        eval_examples=eval_examples,
         scorer=scorer,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -988,6 +959,54 @@ def setup(
     return run
 
 
+def rollout_loop(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    tok: Any,
+    engine: Engine | None,
+    tools: dict[str, Any] | None,
+) -> tuple[Engine, dict[str, Any], AgentLoop]:
+    """The rollout engine over the policy, the tools and the agent loop (trajlab.build);
+    a given engine or tool set is used as it is."""
+    from trajlab.build import build_engine, build_tools, prompt_builder
+
+    r = cfg.rollout
+    if engine is None:
+        engine = build_engine(
+            r.engine,
+            model,
+            tok,
+            max_batch_size=r.max_batch_size,
+            decode_dtype=r.decode_dtype,
+            fake_responses=r.fake_responses,
+        )
+    if tools is None:
+        tools = build_tools(cfg.agent.tools, cfg.agent, cfg.tools, tok, cfg.tool_plugins)
+    loop = AgentLoop(
+        engine,
+        tools,
+        cfg.agent,
+        sampling=rollout_sampling(cfg, 1, 0),
+        prompt_builder=prompt_builder(cfg.data.prompt),
+    )
+    return engine, tools, loop
+
+
+def run_examples(
+    cfg: TrainConfig, examples: list[Example] | None, eval_examples: list[Example] | None
+) -> tuple[list[Example], list[Example]]:
+    """The training pool and the held-out examples (given ones are used as they are)."""
+    d = cfg.data
+    if examples is None:
+        examples = load_examples(d.task, d.split, d.size, d.seed, d.data_dir, **d.options)
+    if eval_examples is None and cfg.eval.every > 0:
+        eval_examples = load_examples(
+            d.eval_task or d.task, d.eval_split, d.eval_size, d.seed, d.data_dir,
+            **eval_task_options(d),
+        )  # fmt: skip
+    return examples, eval_examples or []
+
+
 def seed_everything(cfg: TrainConfig) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -999,57 +1018,18 @@ def seed_everything(cfg: TrainConfig) -> None:
 def load_models(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, torch.nn.Module | None]:
     """The policy (with a LoRA adapter when asked), its tokenizer, and the frozen reference
     when KL is on and no adapter can be switched off to recover it."""
-    from trajlab.build import load_policy
     from trajlab.models import load_model
 
-    m = cfg.model
-    model, tok = load_policy(m.model, m.dtype)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = True  # generation still uses the KV cache
-    if m.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(
-            r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            target_modules=list(m.lora_targets),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
+    model, tok = load_trainable(cfg.model)
     ref_model = None
-    if cfg.algo.kl != "none" and not m.lora:
-        ref_model = load_model(m.model, dtype=m.dtype)  # frozen: only loaded when KL is on
+    if cfg.algo.kl != "none" and not cfg.model.lora:
+        ref_model = load_model(cfg.model.model, dtype=cfg.model.dtype)  # frozen, only with KL
         ref_model.requires_grad_(False)
     return model, tok, ref_model
 
 
 def make_optimizer(cfg: TrainConfig, trainable: list[torch.nn.Parameter]) -> tuple[Any, Any]:
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        trainable, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
-    )
-    total_updates = cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
-    return optimizer, scheduler
-
-
-def lr_lambda(o, total: int):
-    """Linear warmup to 1, then constant, linear or cosine decay to min_lr_ratio."""
-    import math
-
-    def f(s: int) -> float:
-        if o.warmup_steps > 0 and s < o.warmup_steps:
-            return (s + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        span = max(total - o.warmup_steps, 1)
-        frac = min(max(s - o.warmup_steps, 0) / span, 1.0)
-        shape = 1.0 - frac if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-        return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
-
-    return f
+    return adamw(trainable, cfg.optim, cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches)
 
 
 def eval_task_options(d: Any) -> dict[str, Any]:
@@ -1075,30 +1055,8 @@ def load_examples(
 
 def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None:
     """Create run.json and config.yaml, or check that an existing run has the same config."""
-    import yaml
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trajectories").mkdir(exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_path = out / "config.yaml"
-    if cfg_path.exists():
-        old = yaml.safe_load(cfg_path.read_text()) or {}
-        diff = [
-            k
-            for k in sorted(set(old) | set(cfg_dict))
-            if k not in RESUMABLE_KEYS and old.get(k) != cfg_dict.get(k)
-        ]
-        if diff:
-            raise ConfigError(
-                f"{out} holds a run with a different config (keys {', '.join(diff)} differ). "
-                f"Resume it with the same settings (only {', '.join(RESUMABLE_KEYS)} may change), "
-                "or choose a new out= directory."
-            )
-        update_run_json(out, status="running")
-        cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-        return
-    cfg_path.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-    write_run_json(out, "train", argv)
+    (out / "trajectories").mkdir(parents=True, exist_ok=True)
+    start_or_resume(out, "train", to_dict(cfg), "config.yaml", RESUMABLE_KEYS, argv)
 
 
 def resume(run: Run) -> None:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import random
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ import torch
 
 from trajlab.config import ConfigError, to_dict
 from trajlab.models import autocast_context, token_logprobs
+from trajlab.rundir import update_run_json, write_run_json
 from trajlab.train.checkpoint import save_checkpoint
 from trajlab.train.config import SFTConfig
+from trajlab.train.policy import adamw, load_trainable
 from trajlab.types import Trajectory, read_jsonl
 
 
@@ -90,14 +92,56 @@ def sft(
     cfg: SFTConfig, trajectories: list[Trajectory] | None = None, argv: list[str] | None = None
 ) -> dict[str, Any]:
     """Fine-tune cfg.model on the trajectories; return final metrics plus `run_dir`/`model_dir`."""
-    from trajlab.models import load_model, load_tokenizer
-    from trajlab.train.rl import lr_lambda
-
     out = Path(cfg.out or f"runs/sft-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    data, dropped = _training_data(cfg, trajectories)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    write_run_json(out, "sft", argv)
+    t_start = time.perf_counter()
+
+    model, tok = load_trainable(cfg.model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    optimizer, scheduler = adamw(params, cfg.optim, total)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    if cfg.progress:
+        print(f"sft: {len(data)} trajectories ({dropped}), {total} steps -> {out}", flush=True)
+
+    last: dict[str, Any] = {}
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    for step, (epoch, batch) in enumerate(_batches(cfg, data, total), start=1):
+        last = {"step": step, "time": time.time(), "epoch": epoch}
+        last |= sft_step(model, params, optimizer, scheduler, batch, pad_id, cfg)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(last) + "\n")
+        if cfg.progress:
+            print(
+                f"sft step {step}/{total} | epoch {epoch} | loss {last['loss']:.4f} | "
+                f"gnorm {last['grad_norm']:.2f} | lr {last['lr']:.2e} | {last['time/step']:.1f}s | "
+                f"{last['tokens_per_s']:.0f} tok/s",
+                flush=True,
+            )
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            state = {"epoch": epoch}
+            save_checkpoint(
+                out / "checkpoints", step, model, optimizer, scheduler, state, tok, keep=1
+            )
+    model_dir = _save_model(model, tok, cfg, out)
+    update_run_json(out, status="done", wall_time_s=time.perf_counter() - t_start)
+    return {**last, "run_dir": str(out), "model_dir": str(model_dir), "num_trajectories": len(data)}
+
+
+def _training_data(
+    cfg: SFTConfig, trajectories: list[Trajectory] | None
+) -> tuple[list[Trajectory], dict[str, int]]:
     trajs = trajectories if trajectories is not None else load_sft_data(cfg)
     data, dropped = select(cfg, trajs)
     if not data:
@@ -105,135 +149,68 @@ def sft(
             f"no trajectories left to train on ({len(trajs)} read; dropped {dropped}). "
             "Check the data files, or set only_correct=false / a larger max_length."
         )
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    _write_run_json(out, "running", argv)
+    return data, dropped
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-    model = load_model(cfg.model.model, dtype=dtype)
-    tok = load_tokenizer(cfg.model.model)
-    if cfg.model.lora:
-        from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.model.lora_r,
-                lora_alpha=cfg.model.lora_alpha,
-                lora_dropout=cfg.model.lora_dropout,
-                target_modules=list(cfg.model.lora_targets),
-                task_type="CAUSAL_LM",
-            ),
-        )
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
-    )
-    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    if cfg.progress:
-        print(f"sft: {len(data)} trajectories ({dropped}), {total} steps -> {out}", flush=True)
-
-    step, t_start, last = 0, time.perf_counter(), {}
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+def _batches(
+    cfg: SFTConfig, data: list[Trajectory], total: int
+) -> Iterator[tuple[int, list[Trajectory]]]:
+    """(epoch, batch) for `total` steps: each epoch a seeded shuffle, each batch sorted by
+    length so that its micro-batches carry little padding."""
+    step = 0
     for epoch in range(cfg.epochs):
         order = list(range(len(data)))
         random.Random(f"trajlab-sft/{cfg.seed}/{epoch}").shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
             if step >= total:
-                break
-            t0 = time.perf_counter()
-            batch = [data[i] for i in order[s : s + cfg.batch_size]]
-            batch.sort(key=lambda t: len(t.token_ids))  # little padding per micro-batch
-            tokens = float(sum(sum(t.loss_mask) for t in batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
-                micro = batch[m : m + cfg.micro_batch_size]
-                with autocast_context(o.autocast):
-                    loss, _ = sft_loss(model, micro, pad_id, tokens)
-                loss.backward()
-                loss_sum += float(loss.detach())
-            max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
-            norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            optimizer.step()
-            scheduler.step()
+                return
             step += 1
-            dt = time.perf_counter() - t0
-            last = {
-                "step": step,
-                "time": time.time(),
-                "epoch": epoch,
-                "loss": loss_sum,
-                "grad_norm": norm,
-                "lr": scheduler.get_last_lr()[0],
-                "trained_tokens": tokens,
-                "time/step": dt,
-                "tokens_per_s": sum(len(t.token_ids) for t in batch) / dt,
-            }
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            if cfg.progress:
-                print(
-                    f"sft step {step}/{total} | epoch {epoch} | loss {loss_sum:.4f} | gnorm {norm:.2f} | "
-                    f"lr {last['lr']:.2e} | {dt:.1f}s | {last['tokens_per_s']:.0f} tok/s",
-                    flush=True,
-                )
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                save_checkpoint(
-                    out / "checkpoints",
-                    step,
-                    model,
-                    optimizer,
-                    scheduler,
-                    {"epoch": epoch},
-                    tok,
-                    keep=1,
-                )
+            batch = [data[i] for i in order[s : s + cfg.batch_size]]
+            yield epoch, sorted(batch, key=lambda t: len(t.token_ids))
+
+
+def sft_step(
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: list[Trajectory],
+    pad_id: int,
+    cfg: SFTConfig,
+) -> dict[str, float]:
+    """One optimizer step over `batch` in micro-batches; the loss is normalised by the whole
+    batch's trained tokens, so the micro-batch size does not change the gradient."""
+    t0 = time.perf_counter()
+    o = cfg.optim
+    tokens = float(sum(sum(t.loss_mask) for t in batch))
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for m in range(0, len(batch), cfg.micro_batch_size):
+        with autocast_context(o.autocast):
+            loss, _ = sft_loss(model, batch[m : m + cfg.micro_batch_size], pad_id, tokens)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    optimizer.step()
+    scheduler.step()
+    dt = time.perf_counter() - t0
+    return {
+        "loss": loss_sum,
+        "grad_norm": norm,
+        "lr": scheduler.get_last_lr()[0],
+        "trained_tokens": tokens,
+        "time/step": dt,
+        "tokens_per_s": sum(len(t.token_ids) for t in batch) / dt,
+    }
+
+
+def _save_model(model: torch.nn.Module, tok: Any, cfg: SFTConfig, out: Path) -> Path:
+    """OUT/model as a plain Hugging Face model (a LoRA adapter is merged in first), which
+    `trajlab train` and `trajlab eval` load like any other."""
     model_dir = out / "model"
     if cfg.model.lora:
-        model = model.merge_and_unload()  # a plain HF model that `trajlab train/eval` can load
+        model = model.merge_and_unload()
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    _write_run_json(out, "done", argv, wall_time_s=time.perf_counter() - t_start)
-    return {**last, "run_dir": str(out), "model_dir": str(model_dir), "num_trajectories": len(data)}
-
-
-def _write_run_json(out: Path, status: str, argv: list[str] | None, **extra: Any) -> None:
-    from trajlab import __version__
-
-    p = out / "run.json"
-    now = _dt.datetime.now().isoformat(timespec="seconds")
-    info = (
-        json.loads(p.read_text())
-        if p.exists()
-        else {
-            "kind": "sft",
-            "created": now,
-            "command": list(argv if argv is not None else sys.argv),
-            "trajlab_version": __version__,
-        }
-    )
-    info.update(status=status, updated=now, **extra)
-    p.write_text(json.dumps(info, indent=2))
-
-
-def configure(parser: Any) -> None:
-    """`trajlab sft` flags (see trajlab/train/cli.py)."""
-    from trajlab.train.cli import configure_sft
-
-    configure_sft(parser)
-
-
-def main(args: Any) -> int:
-    from trajlab.train.cli import main_sft
-
-    return main_sft(args)
+    return model_dir
