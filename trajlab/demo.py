@@ -213,7 +213,10 @@ def rl_overrides(a: dict[str, Any], model: str, out: str) -> list[str]:
         "reward.weights={math_correct: 1.0}",
         "filters.zero_variance=true",
         "optim.lr=1e-5",
-        "algo.micro_batch_size=4",  # bounds activation memory
+        # Memory (docs/performance.md, target 4): activations are recomputed in the backward
+        # pass and two rows are forwarded at a time; the gradient is the same.
+        "model.gradient_checkpointing=true",
+        "algo.micro_batch_size=2",
         "log.checkpoint_every=1000",
         "log.keep_checkpoints=1",
         "eval.every=0",

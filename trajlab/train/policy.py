@@ -44,8 +44,15 @@ def adamw(
     params: list[torch.nn.Parameter], o: OptimConfig, total_updates: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with the learning-rate schedule of `o` over `total_updates` optimizer steps."""
+    # foreach=False: the multi-tensor kernel builds temporaries the size of all parameters
+    # at once (+0.2 GiB peak for the 135M model, for no measurable speed on CPU).
     optimizer = torch.optim.AdamW(
-        params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+        params,
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        foreach=False,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
 

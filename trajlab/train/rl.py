@@ -547,6 +547,10 @@ def update_policy(
             grad_norms.append(float(norm))
             run.optimizer.step()
             run.scheduler.step()
+    # The gradients are spent: free them (and the activations' heap pages) before the next
+    # rollout, whose KV cache would otherwise sit on top of them (the demo's peak).
+    run.optimizer.zero_grad(set_to_none=True)
+    release_memory()
     out = weighted_stats(stats)
     out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
     out["optimizer_steps"] = float(len(grad_norms))
