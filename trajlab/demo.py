@@ -184,11 +184,12 @@ def stage_sft(a: dict[str, Any], base: str, out: str) -> dict[str, Any]:
         out=str(Path(out) / "sft"),
         epochs=a["sft_epochs"],
         batch_size=8,
-        micro_batch_size=4,  # bounds activation memory (docs/performance.md)
+        micro_batch_size=2,  # with checkpointing below: the peak memory of this stage
         seed=a["seed"],
         threads=a["threads"],
     )
     cfg.model.model = base
+    cfg.model.gradient_checkpointing = True  # same gradient, activations recomputed
     cfg.optim.lr = 5e-5
     cfg.optim.warmup_steps = 2
     cfg.optim.schedule = "linear"
