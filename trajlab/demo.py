@@ -278,8 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sft-size",
         type=int,
-        default=32,
-        help="teacher trajectories for the cold start (default: 32)",
+        default=8,
+        help="teacher trajectories for the cold start (default: 8, one SFT step)",
     )
     p.add_argument(
         "--sft-styles",
