@@ -154,7 +154,7 @@ def resolve(
     data = apply_overrides(merge(data, flags), overrides)
     for key, value in (defaults(data) if defaults else {}).items():
         if lookup(data, key) is None:
-            _set(data, key, value)
+            set_key(data, key, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
@@ -171,7 +171,8 @@ def lookup(data: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _set(data: dict[str, Any], key: str, value: Any) -> None:
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in nested mappings, creating the sections on the way."""
     *parents, leaf = key.split(".")
     node = data
     for part in parents:

@@ -44,22 +44,16 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _flag_values(args: argparse.Namespace) -> dict:
-    from trajlab.flags import merge
+    from trajlab.flags import set_key
 
-    out: dict = {}
     given = {key: getattr(args, flag) for flag, key in _FLAGS.items()}
     given["data"] = list(args.data) or None
     given["model.lora"] = True if args.lora else None
     given["only_correct"] = False if args.all else None
+    out: dict = {}
     for key, value in given.items():
-        if value is None:
-            continue
-        *parents, leaf = key.split(".")
-        node: dict = {}
-        node[leaf] = value
-        for p in reversed(parents):
-            node = {p: node}
-        out = merge(out, node)
+        if value is not None:
+            set_key(out, key, value)
     return out
 
 
