@@ -130,6 +130,22 @@ def test_dead_zygote_is_restarted():
         assert pool.run("print(2)").stdout == "2\n"
 
 
+def test_zygote_answers_a_malformed_request_and_keeps_serving():
+    from trajlab.tools import sandbox_zygote as zy
+
+    with SandboxPool(SandboxConfig(slots=1, preload=(), allow_insecure=True)) as pool:
+        proc = pool._slots[0].proc
+        zy.write_frame(proc.stdin.fileno(), {"op": "run", "nonce": "n1", "timeout_s": 1})
+        resp = zy.receive(proc.stdout.fileno(), time.monotonic() + 10)
+        assert isinstance(resp, zy.Status) and resp.status == "bad_op" and resp.nonce == "n1"
+        assert "needs the field 'output_cap'" in resp.error
+        zy.write_frame(proc.stdin.fileno(), {"op": "format_disk", "nonce": "n2"})
+        resp = zy.receive(proc.stdout.fileno(), time.monotonic() + 10)
+        assert resp.status == "bad_op" and "format_disk" in resp.error
+        assert pool.zygote_pids()[0] == proc.pid  # the same zygote, still serving
+        assert pool.run("print(3)").stdout == "3\n"
+
+
 NON_ROOT = textwrap.dedent(
     """
     import json, sys

@@ -67,12 +67,48 @@ def test_config_validation_names_the_field(field, value, msg):
         SandboxConfig(**{field: value})
 
 
+def test_messages_round_trip_through_frames():
+    r, w = os.pipe()
+    req = zy.SessionRun("n1", sid="ab", code="print(1)", timeout_s=2, output_cap=100)
+    zy.send(w, req)
+    got = zy.receive(r)
+    assert isinstance(got, zy.SessionRun)
+    assert (got.nonce, got.sid, got.code) == ("n1", "ab", "print(1)")
+    assert (got.timeout_s, got.output_cap) == (2, 100)
+    zy.send(w, zy.Pong("n2", runs=3, session_pids=[5]))
+    pong = zy.receive(r)
+    assert (pong.runs, pong.spare_pid, pong.session_pids) == (3, None, [5])
+    os.close(w)
+    assert zy.receive(r) is None
+    os.close(r)
+
+
+@pytest.mark.parametrize(
+    "frame,msg",
+    [
+        ({"op": "launch", "nonce": "n"}, "unknown message op 'launch'"),
+        ({"nonce": "n"}, "unknown message op None"),
+        ({"op": "run", "nonce": "n", "timeout_s": 1, "limits": {}}, "needs the field 'output_cap'"),
+        (
+            {"op": "run", "timeout_s": "1", "output_cap": 1, "limits": {}},
+            "field 'timeout_s' of a 'run' message must be int/float, not str",
+        ),
+        ({"op": "run", "timeout_s": True, "output_cap": 1, "limits": {}}, "timeout_s"),
+        ({"op": "ping", "nonce": 7}, "nonce"),
+        ({"op": "session_close", "sid": "x", "pid": 3}, "has no fields \\['pid'\\]"),
+    ],
+)
+def test_malformed_messages_are_named(frame, msg):
+    with pytest.raises(ValueError, match=msg):
+        zy.decode(frame)
+
+
 def _resp(**kw):
     base = {"stdout": "", "stderr": "", "exit_code": 0, "signal": None, "killed_for": None}
     base.update(kw)
     for k in ("stdout", "stderr"):
         base[k] = base64.b64encode(base[k].encode()).decode()
-    return base
+    return zy.Result("n", **base)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +138,7 @@ def test_setup_error_raises():
 
 def test_invalid_utf8_is_replaced():
     resp = _resp()
-    resp["stdout"] = base64.b64encode(b"ok \xff\xfe").decode()
+    resp.stdout = base64.b64encode(b"ok \xff\xfe").decode()
     assert sb._to_result(resp).stdout == "ok \ufffd\ufffd"
 
 
@@ -188,3 +224,81 @@ def test_kill_uid_sweep_is_the_degraded_mode_fallback():
         assert p.wait(timeout=5) == -9
     finally:
         p.kill()
+
+
+def _holding_probe() -> dict:
+    ok = {k: "ok" for k in ("namespaces", "uid_map", "private_mounts", "private_proc", "tmpfs")}
+    return {
+        "steps": {**ok, "rlimits": "ok"},
+        "resuid": [70001] * 3,
+        "pid": 1,
+        "visible_pids": [1],
+        "net_ifaces": ["lo"],
+        "inet_socket": "blocked: EPERM",
+        "seccomp_mode": "2",
+        "env_keys": ["PATH"],
+        "proc_environ_keys": ["PATH"],
+        "cwd": "/work",
+        "cwd_bytes": 64 << 20,
+        "minimal_root": True,
+        "hidden_paths_visible": [],
+        "cgroup": "0::/trajlab/pool-1/slot1",
+        "rlimits": {"as": 1},
+        "cap_eff": "0000000000000000",
+        "cap_bnd": "0000000000000000",
+        "no_new_privs": "1",
+        "executable": "/usr/bin/python3",
+        "executable_ok": True,
+        "interpreter_exec": "ok",
+        "writable_sys_path": [],
+    }
+
+
+def _assess(probe: dict, **cfg):
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(
+        config=SandboxConfig(**cfg),
+        _uids=SimpleNamespace(first=70000),
+        python="/usr/bin/python3",
+        _cg_kind="v2",
+        uids=lambda: [70000, 70001],
+    )
+    slot = SimpleNamespace(index=1, unit={"kind": "v2"}, info={"landlock_abi": 3})
+    return sb._assess(probe, pool, slot)
+
+
+def test_assess_all_layers_hold_on_a_clean_probe():
+    caps = _assess(_holding_probe())
+    assert [k for k, layer in caps.layers.items() if not layer.ok] == []
+    assert caps.missing == []
+    assert list(caps.layers)[:3] == ["process_per_run", "outside_timeout", "uid_drop"]
+
+
+@pytest.mark.parametrize(
+    "change,failed,detail",
+    [
+        ({"resuid": [0, 0, 0]}, {"uid_drop"}, "runs as uid 0"),
+        ({"net_ifaces": ["lo", "eth0"]}, {"net_namespace"}, "eth0"),
+        (
+            {"net_ifaces": ["lo", "eth0"], "inet_socket": "created"},
+            {"net_namespace", "seccomp_socket_filter", "network_blocked"},
+            "socket filter only (created)",
+        ),
+        ({"env_keys": ["PATH", "AWS_SECRET"]}, {"env_scrubbed"}, "AWS_SECRET"),
+        ({"hidden_paths_visible": ["/root"]}, {"minimal_root"}, "VISIBLE: ['/root']"),
+        ({"cap_eff": "00000000000000ff"}, {"caps_dropped"}, "CapEff 00000000000000ff"),
+        ({"writable_sys_path": ["/site"]}, {"site_packages_readonly"}, "WRITABLE"),
+        ({"seccomp_mode": "0"}, {"seccomp"}, "Seccomp mode 0"),
+    ],
+)
+def test_assess_names_the_failing_layer(change, failed, detail):
+    caps = _assess({**_holding_probe(), **change})
+    assert {k for k, layer in caps.layers.items() if not layer.ok} == failed
+    assert any(detail in caps.layers[k].detail for k in failed)
+    assert all(caps.layers[k].fix for k in failed)
+
+
+def test_assess_loopback_counts_the_seccomp_layer_as_the_socket_filter():
+    caps = _assess({**_holding_probe(), "inet_socket": "created"}, allow_loopback=True)
+    assert caps.holds("seccomp_socket_filter")

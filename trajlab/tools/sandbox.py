@@ -50,10 +50,12 @@ import time
 import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trajlab.config import opt
 from trajlab.tools import sandbox_zygote as zy
+
+M = TypeVar("M", bound=zy.Message)
 
 log = logging.getLogger(__name__)
 
@@ -559,10 +561,18 @@ class SandboxPool:
         for slot in self._slots:
             s = self._acquire(slot)
             try:
-                resp = self._call(s, {"op": "ping"}, 10.0)
+                pong = self._call(s, zy.Ping(), 10.0, zy.Pong)
             finally:
                 self._release(s)
-            out.append({"slot": s.index, "zygote_pid": s.proc.pid if s.proc else None, **resp})
+            out.append(
+                {
+                    "slot": s.index,
+                    "zygote_pid": s.proc.pid if s.proc else None,
+                    "runs": pong.runs,
+                    "spare_pid": pong.spare_pid,
+                    "session_pids": pong.session_pids,
+                }
+            )
         return out
 
     def map(self, codes: list[str], timeout_s: float | None = None) -> list[SandboxResult]:
@@ -712,34 +722,34 @@ class SandboxPool:
     def _handshake(self, s: _Slot) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
         try:
-            ready = zy.read_frame(s.proc.stdout.fileno(), deadline)
+            ready = zy.receive(s.proc.stdout.fileno(), deadline)
         except (TimeoutError, EOFError, ValueError) as e:
             ready = None
             why = str(e)
         else:
-            why = "it exited during startup"
-        if not ready or ready.get("op") != "ready":
+            why = "it exited during startup" if ready is None else f"it sent {ready!r} first"
+        if not isinstance(ready, zy.Ready):
             raise SandboxError(
                 f"sandbox zygote {s.index} did not start ({why}); run "
                 f"`{self.python} -I {zy.__file__}` by hand, or set SandboxConfig.zygote_log "
                 "to a file to see its error"
             )
-        s.info = ready["info"]
+        s.info = ready.info
         s.rss0_kb = _rss_kb(s.proc.pid)
         if s.info.get("preload_errors"):
             log.warning("sandbox preload failed: %s", s.info["preload_errors"])
 
     def _configure(self, s: _Slot) -> None:
-        resp = self._call(s, {"op": "configure", "layers": self._layers}, 30.0)
-        if resp.get("status") != "ok":
-            raise SandboxError(f"zygote {s.index} refused its configuration: {resp}")
+        resp = self._call(s, zy.Configure(layers=self._layers), 30.0, zy.Status)
+        if resp.status != "ok":
+            raise SandboxError(f"zygote {s.index} refused its configuration: {resp.error}")
 
     def _stop(self, s: _Slot) -> None:
         p = s.proc
         if p is None:
             return
         with contextlib.suppress(OSError):
-            zy.write_frame(p.stdin.fileno(), {"op": "shutdown"})
+            zy.send(p.stdin.fileno(), zy.Shutdown())
         for f in (p.stdin, p.stdout):
             with contextlib.suppress(OSError):
                 f.close()
@@ -770,25 +780,18 @@ class SandboxPool:
     # -- self-check ---------------------------------------------------------------------
     def _self_check(self) -> Capabilities:
         s = self._slots[0]
-        req = {
-            "op": "run",
-            "kind": "probe",
-            "timeout_s": 60.0,
-            "output_cap": MiB,
-            "limits": self._limits(60),
-        }
-        resp = self._call(s, req, 90.0)
-        raw = base64.b64decode(resp.get("stdout", ""))
+        req = zy.Run(kind="probe", timeout_s=60.0, output_cap=MiB, limits=self._limits(60))
+        resp = self._call(s, req, 90.0, zy.Result)
         try:
             import json
 
-            probe = json.loads(raw)
+            probe = json.loads(base64.b64decode(resp.stdout))
         except ValueError:
-            err = base64.b64decode(resp.get("stderr", "")).decode(errors="replace")
+            err = base64.b64decode(resp.stderr).decode(errors="replace")
             raise SandboxError(
                 "the sandbox self-check produced no report "
-                f"(exit {resp.get('exit_code')}, signal {resp.get('signal')}, "
-                f"setup error {resp.get('setup_error')!r}, stderr {err[-800:]!r})"
+                f"(exit {resp.exit_code}, signal {resp.signal}, "
+                f"setup error {resp.setup_error!r}, stderr {err[-800:]!r})"
             ) from None
         caps = _assess(probe, self, s)
         self._layers = {
@@ -844,27 +847,28 @@ class SandboxPool:
             s.busy = False
             self._cond.notify_all()
 
-    def _call(self, s: _Slot, req: dict, wait_s: float) -> dict:
-        """One request/response with the slot's zygote; a dead or wedged zygote is
-        restarted and SandboxError raised."""
+    def _call(self, s: _Slot, req: zy.Message, wait_s: float, reply: type[M]) -> M:
+        """One request and its `reply` with the slot's zygote; a dead or wedged zygote
+        (or one that answers with a malformed message) is restarted and SandboxError raised."""
         if s.proc is None:
             raise SandboxError("the sandbox pool is closed")
-        nonce = secrets.token_hex(16)
-        req = {**req, "nonce": nonce}
+        req.nonce = secrets.token_hex(16)
         try:
-            zy.write_frame(s.proc.stdin.fileno(), req)
-            resp = zy.read_frame(s.proc.stdout.fileno(), time.monotonic() + wait_s)
+            zy.send(s.proc.stdin.fileno(), req)
+            resp = zy.receive(s.proc.stdout.fileno(), time.monotonic() + wait_s)
         except (OSError, TimeoutError, EOFError, ValueError) as e:
             resp, why = None, f"{type(e).__name__}: {e}"
         else:
             why = "it exited"
-        if resp is None or resp.get("nonce") != nonce:
+        if resp is None or resp.nonce != req.nonce:
             if resp is not None:
                 why = "its answer did not carry the request's nonce"
             self._restart_quietly(s)
             raise SandboxError(f"sandbox zygote {s.index} failed ({why}); it was restarted")
-        if resp.get("status") == "zygote_error":
-            raise SandboxError(f"sandbox zygote {s.index}: {resp.get('error')}")
+        if isinstance(resp, zy.Status) and resp.status in ("zygote_error", "bad_op"):
+            raise SandboxError(f"sandbox zygote {s.index}: {resp.error}")
+        if not isinstance(resp, reply):
+            raise SandboxError(f"sandbox zygote {s.index} answered {req.op!r} with {resp!r}")
         return resp
 
     def _restart_quietly(self, s: _Slot) -> None:
@@ -880,18 +884,78 @@ class SandboxPool:
             s.runs >= self.config.recycle_after_runs or (s.runs % 200 == 199 and self._bloated(s))
         ):
             self._restart(s)
-        req = {
-            "op": "run",
-            "kind": "run",
-            "stdin": base64.b64encode(stdin).decode() if stdin else None,
-            "code": code,
-            "timeout_s": timeout_s,
-            "output_cap": self.config.output_cap_bytes,
-            "limits": self._limits(timeout_s),
-        }
-        resp = self._call(s, req, timeout_s + 15.0)
+        req = zy.Run(
+            code=code,
+            stdin=base64.b64encode(stdin).decode() if stdin else None,
+            timeout_s=timeout_s,
+            output_cap=self.config.output_cap_bytes,
+            limits=self._limits(timeout_s),
+        )
+        resp = self._call(s, req, timeout_s + 15.0, zy.Result)
         s.runs += 1
         return _to_result(resp)
+
+    # -- sessions (SandboxSession's whole view of the pool) -------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_code(self, code: str) -> SandboxResult | None:
+        """The error result for code over max_code_bytes, else None."""
+        return self._reject(code)
+
+    def open_session(self) -> tuple[_Slot, str]:
+        """Start a session process on the slot with the fewest; returns (slot, session id)."""
+        with self._cond:
+            slot = min(self._slots, key=lambda s: len(s.sessions))
+        s = self._acquire(slot)
+        try:
+            sid = secrets.token_hex(8)
+            req = zy.SessionOpen(
+                sid=sid,
+                limits=self._limits(self.config.session_cpu_s, cgroup=True),
+                max_sessions=self.config.max_sessions_per_slot,
+            )
+            resp = self._call(s, req, 30.0, zy.Status)
+            if resp.status != "ok":
+                raise SandboxError(
+                    f"could not open a sandbox session: {resp.error}; close unused "
+                    "sessions or raise SandboxConfig.max_sessions_per_slot"
+                )
+            s.sessions.add(sid)
+            return s, sid
+        finally:
+            self._release(s)
+
+    def session_alive(self, slot: _Slot | None, sid: str) -> bool:
+        """False once the session ended, expired or its zygote was restarted."""
+        return slot is not None and sid in slot.sessions
+
+    def session_run(self, slot: _Slot, sid: str, code: str, timeout_s: float) -> zy.Result:
+        """One cell in a live session. A cell that ended the session (session_reset) or
+        found it gone (killed_for "gone") leaves it forgotten here."""
+        s = self._acquire(slot)
+        try:
+            req = zy.SessionRun(
+                sid=sid, code=code, timeout_s=timeout_s, output_cap=self.config.output_cap_bytes
+            )
+            resp = self._call(s, req, timeout_s + 15.0, zy.Result)
+        finally:
+            self._release(s)
+        if resp.session_reset or resp.killed_for == "gone":
+            slot.sessions.discard(sid)
+        return resp
+
+    def close_session(self, slot: _Slot, sid: str) -> None:
+        """End a live session (nothing to do for one already gone or a closed pool)."""
+        if self._closed or sid not in slot.sessions:
+            return
+        slot.sessions.discard(sid)
+        s = self._acquire(slot)
+        try:
+            self._call(s, zy.SessionClose(sid=sid), 10.0, zy.Status)
+        finally:
+            self._release(s)
 
     def _bloated(self, s: _Slot) -> bool:
         """True when the zygote's RSS doubled (plus 64 MiB) since it started."""
@@ -918,71 +982,29 @@ class SandboxSession:
 
     def __init__(self, pool: SandboxPool):
         self.pool = pool
-        self.sid = ""
-        self.slot: _Slot | None = None
         self._closed = False
         self._reset_reported = False
-        self._open()
-
-    def _open(self) -> None:
-        pool = self.pool
-        with pool._cond:
-            slot = min(pool._slots, key=lambda s: len(s.sessions))
-        s = pool._acquire(slot)
-        try:
-            sid = secrets.token_hex(8)
-            limits = pool._limits(pool.config.session_cpu_s, cgroup=True)
-            req = {
-                "op": "session_open",
-                "sid": sid,
-                "limits": limits,
-                "max_sessions": pool.config.max_sessions_per_slot,
-            }
-            resp = pool._call(s, req, 30.0)
-            if resp.get("status") != "ok":
-                raise SandboxError(
-                    f"could not open a sandbox session: {resp.get('error')}; close unused "
-                    "sessions or raise SandboxConfig.max_sessions_per_slot"
-                )
-            s.sessions.add(sid)
-            self.sid, self.slot = sid, s
-        finally:
-            pool._release(s)
+        self.slot, self.sid = pool.open_session()
 
     def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:
         if self._closed:
             raise SandboxError("this sandbox session is closed")
-        rejected = self.pool._reject(code)
+        rejected = self.pool.check_code(code)
         if rejected:
             return rejected
         reset = False
-        if self.slot is None or self.sid not in self.slot.sessions:
+        if not self.pool.session_alive(self.slot, self.sid):
             # The previous cell ended the session (already reported), the idle timer
             # expired it or its zygote was restarted (not reported yet): start afresh.
             reset = not self._reset_reported
-            self._open()
-        s = self.pool._acquire(self.slot)
-        try:
-            t = timeout_s or self.pool.config.timeout_s
-            req = {
-                "op": "session_run",
-                "sid": self.sid,
-                "code": code,
-                "timeout_s": t,
-                "output_cap": self.pool.config.output_cap_bytes,
-            }
-            resp = self.pool._call(s, req, t + 15.0)
-        finally:
-            self.pool._release(s)
-        if resp.get("killed_for") == "gone":  # expired while idle: rerun in a fresh one
-            s.sessions.discard(self.sid)
+            self.slot, self.sid = self.pool.open_session()
+        t = timeout_s or self.pool.config.timeout_s
+        resp = self.pool.session_run(self.slot, self.sid, code, t)
+        if resp.killed_for == "gone":  # expired while idle: rerun in a fresh one
             self._reset_reported = False
             return self.run(code, timeout_s)
         res = _to_result(resp)
-        if resp.get("session_reset"):
-            s.sessions.discard(self.sid)
-            res.session_reset = True
-        res.session_reset = res.session_reset or reset
+        res.session_reset = resp.session_reset or reset
         self._reset_reported = res.session_reset
         return res
 
@@ -990,15 +1012,7 @@ class SandboxSession:
         if self._closed:
             return
         self._closed = True
-        s = self.slot
-        if s is None or self.sid not in s.sessions or self.pool._closed:
-            return
-        s.sessions.discard(self.sid)
-        slot = self.pool._acquire(s)
-        try:
-            self.pool._call(slot, {"op": "session_close", "sid": self.sid}, 10.0)
-        finally:
-            self.pool._release(slot)
+        self.pool.close_session(self.slot, self.sid)
 
     def __enter__(self) -> SandboxSession:
         return self
@@ -1008,22 +1022,22 @@ class SandboxSession:
 
 
 # ------------------------------------------------------------------------------ results
-def _to_result(resp: dict) -> SandboxResult:
-    if resp.get("setup_error"):
+def _to_result(resp: zy.Result) -> SandboxResult:
+    if resp.setup_error:
         raise SandboxError(
-            f"a sandbox layer that passed the self-check failed: {resp['setup_error']}; "
+            f"a sandbox layer that passed the self-check failed: {resp.setup_error}; "
             "restart the pool (capabilities() may have changed) or report a bug"
         )
-    out = base64.b64decode(resp.get("stdout", "")).decode("utf-8", errors="replace")
-    err = base64.b64decode(resp.get("stderr", "")).decode("utf-8", errors="replace")
-    code, sig, why = resp.get("exit_code"), resp.get("signal"), resp.get("killed_for")
+    out = base64.b64decode(resp.stdout).decode("utf-8", errors="replace")
+    err = base64.b64decode(resp.stderr).decode("utf-8", errors="replace")
+    code, sig, why = resp.exit_code, resp.signal, resp.killed_for
     r = SandboxResult(
         status="ok",
         stdout=out,
         stderr=err,
         exit_code=code,
         signal=sig,
-        latency_s=float(resp.get("latency_s", 0.0)),
+        latency_s=float(resp.latency_s),
     )
     last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "")
     if why == "timeout":
@@ -1033,7 +1047,7 @@ def _to_result(resp: dict) -> SandboxResult:
         r.error = "output exceeded the capture cap: the process tree was killed"
     elif why in ("crashed", "gone"):
         r.status, r.error = "crashed", "the session process ended unexpectedly"
-    elif resp.get("oom_kill"):
+    elif resp.oom_kill:
         r.status, r.error = "memory", "killed by the memory limit (cgroup OOM)"
     elif sig is not None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
@@ -1046,136 +1060,230 @@ def _to_result(resp: dict) -> SandboxResult:
     return r
 
 
-def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
-    """Turn the probe's raw observations into layer verdicts with fixes."""
-    cfg = pool.config
-    steps = p.get("steps", {})
-    expected_uid = pool._uids.first + s.index if pool._uids else None
-    env_keys = set(_child_env(cfg, pool.python)) | {"HOME", "PWD", "TMPDIR"}
-    L: dict[str, Layer] = {}
-    L["process_per_run"] = Layer(True, "each run is forked from a clean zygote")
-    L["outside_timeout"] = Layer(True, "zygote deadline, SIGKILL of the process group and cgroup")
-    uid_ok = expected_uid is not None and p["resuid"] == [expected_uid] * 3 and expected_uid != 0
-    L["uid_drop"] = Layer(
-        uid_ok,
-        f"runs as uid {p['resuid'][0]}"
-        + ("" if uid_ok else f" (uid_drop step: {steps.get('uid_drop', 'not root')})"),
+@dataclass
+class _Probe:
+    """What one layer check reads: the probe's report, the pool, the probed slot and the
+    verdicts of the layers checked before it."""
+
+    p: dict
+    pool: SandboxPool
+    slot: _Slot
+    layers: dict[str, Layer]
+
+    @property
+    def steps(self) -> dict:
+        return self.p.get("steps", {})
+
+    @property
+    def cfg(self) -> SandboxConfig:
+        return self.pool.config
+
+    @property
+    def namespaces_ok(self) -> bool:
+        return self.steps.get("namespaces") == "ok" and self.steps.get("uid_map") == "ok"
+
+    def step(self, name: str, detail: str, fix: str) -> Layer:
+        """A layer that holds when the sandbox's setup step `name` reported ok."""
+        return Layer(self.steps.get(name) == "ok", f"{detail}: {self.steps.get(name)}", fix)
+
+
+_NEEDS_USERNS = "needs user namespaces"
+
+
+def _check_uid_drop(x: _Probe) -> Layer:
+    uids = x.pool._uids
+    expected = uids.first + x.slot.index if uids else None
+    ok = expected is not None and x.p["resuid"] == [expected] * 3 and expected != 0
+    why = "" if ok else f" (uid_drop step: {x.steps.get('uid_drop', 'not root')})"
+    return Layer(
+        ok,
+        f"runs as uid {x.p['resuid'][0]}{why}",
         "run trajlab as root (or with CAP_SETUID/CAP_SETGID, e.g. docker --cap-add SETUID "
         "--cap-add SETGID) so every slot gets its own unprivileged uid",
     )
-    ns_ok = steps.get("namespaces") == "ok" and steps.get("uid_map") == "ok"
-    L["user_namespace"] = Layer(
-        ns_ok,
+
+
+def _check_user_namespace(x: _Probe) -> Layer:
+    st = x.steps
+    return Layer(
+        x.namespaces_ok,
         "user+mount+pid+net+ipc+uts namespaces"
-        if ns_ok
-        else f"unshare: {steps.get('namespaces')}; uid_map: {steps.get('uid_map')}",
+        if x.namespaces_ok
+        else f"unshare: {st.get('namespaces')}; uid_map: {st.get('uid_map')}",
         "enable user namespaces (sysctl user.max_user_namespaces=15000, "
         "kernel.unprivileged_userns_clone=1, or docker --security-opt seccomp=unconfined)",
     )
-    L["pid_namespace"] = Layer(
-        ns_ok and p["pid"] == 1 and len(p["visible_pids"]) <= 3,
-        f"pid {p['pid']}, sees pids {p['visible_pids'][:8]}",
-        "needs user namespaces (see user_namespace)",
+
+
+def _check_pid_namespace(x: _Probe) -> Layer:
+    pids = x.p["visible_pids"]
+    ok = x.namespaces_ok and x.p["pid"] == 1 and len(pids) <= 3
+    return Layer(
+        ok, f"pid {x.p['pid']}, sees pids {pids[:8]}", f"{_NEEDS_USERNS} (see user_namespace)"
     )
-    ifaces = p.get("net_ifaces")
-    L["net_namespace"] = Layer(ifaces == ["lo"], f"interfaces: {ifaces}", "needs user namespaces")
-    inet = p.get("inet_socket", "")
-    sec_ok = p.get("seccomp_mode") == "2"
-    L["seccomp"] = Layer(
-        sec_ok,
-        f"Seccomp mode {p.get('seccomp_mode')}"
-        + (f"; {s.info.get('seccomp_error')}" if s.info.get("seccomp_error") else ""),
+
+
+def _check_net_namespace(x: _Probe) -> Layer:
+    ifaces = x.p.get("net_ifaces")
+    return Layer(ifaces == ["lo"], f"interfaces: {ifaces}", _NEEDS_USERNS)
+
+
+def _check_seccomp(x: _Probe) -> Layer:
+    err = x.slot.info.get("seccomp_error")
+    return Layer(
+        x.p.get("seccomp_mode") == "2",
+        f"Seccomp mode {x.p.get('seccomp_mode')}" + (f"; {err}" if err else ""),
         "install libseccomp2 (apt-get install libseccomp2) and `pip install pyseccomp`",
     )
-    sock_ok = inet.startswith("blocked") or (cfg.allow_loopback and sec_ok)
-    L["seccomp_socket_filter"] = Layer(
-        sock_ok, f"AF_INET socket: {inet}", "needs the seccomp layer"
-    )
-    L["network_blocked"] = Layer(
-        L["net_namespace"].ok or (sock_ok and not cfg.allow_loopback),
-        "private network namespace" if L["net_namespace"].ok else f"socket filter only ({inet})",
+
+
+def _check_socket_filter(x: _Probe) -> Layer:
+    inet = x.p.get("inet_socket", "")
+    ok = inet.startswith("blocked") or (x.cfg.allow_loopback and x.layers["seccomp"].ok)
+    return Layer(ok, f"AF_INET socket: {inet}", "needs the seccomp layer")
+
+
+def _check_network_blocked(x: _Probe) -> Layer:
+    netns = x.layers["net_namespace"].ok
+    filtered = x.layers["seccomp_socket_filter"].ok and not x.cfg.allow_loopback
+    return Layer(
+        netns or filtered,
+        "private network namespace" if netns else f"socket filter only ({x.p.get('inet_socket')})",
         "enable user namespaces, or install libseccomp2 + pyseccomp for the socket filter",
     )
-    leaked = sorted((set(p["env_keys"]) | set(p.get("proc_environ_keys") or [])) - env_keys)
-    L["env_scrubbed"] = Layer(
-        not leaked and isinstance(p.get("proc_environ_keys"), list),
+
+
+def _check_env(x: _Probe) -> Layer:
+    allowed = set(_child_env(x.cfg, x.pool.python)) | {"HOME", "PWD", "TMPDIR"}
+    seen = set(x.p["env_keys"]) | set(x.p.get("proc_environ_keys") or [])
+    leaked = sorted(seen - allowed)
+    return Layer(
+        not leaked and isinstance(x.p.get("proc_environ_keys"), list),
         "only whitelisted variables" if not leaked else f"unexpected variables {leaked}",
         "the zygote must be started with SandboxPool (explicit env); report a bug",
     )
-    L["mount_namespace"] = Layer(
-        steps.get("private_mounts") == "ok",
-        f"private mounts: {steps.get('private_mounts')}",
-        "needs user namespaces",
-    )
-    L["private_proc"] = Layer(
-        steps.get("private_proc") == "ok",
-        f"fresh procfs: {steps.get('private_proc')}",
-        "needs user+pid namespaces and a fully visible host /proc",
-    )
-    L["tmpfs_scratch"] = Layer(
-        steps.get("tmpfs") == "ok",
-        f"cwd {p.get('cwd')} ({p.get('cwd_bytes', -1) >> 20} MiB tmpfs), /tmp, /var/tmp, /dev/shm"
-        + (f"; bound back read-only: {p['rebound']}" if p.get("rebound") else ""),
+
+
+def _check_tmpfs(x: _Probe) -> Layer:
+    p = x.p
+    rebound = f"; bound back read-only: {p['rebound']}" if p.get("rebound") else ""
+    return Layer(
+        x.steps.get("tmpfs") == "ok",
+        f"cwd {p.get('cwd')} ({p.get('cwd_bytes', -1) >> 20} MiB tmpfs), /tmp, /var/tmp, "
+        f"/dev/shm{rebound}",
         "needs a mount namespace",
     )
-    visible = p.get("hidden_paths_visible", [])
-    L["minimal_root"] = Layer(
-        bool(p.get("minimal_root")) and not visible,
-        (
-            "read-only root: /usr, the interpreter prefix, /etc essentials"
-            if p.get("minimal_root")
-            else f"not used ({steps.get('minimal_root', 'disabled')})"
-        )
-        + (f"; VISIBLE: {visible}" if visible else ""),
+
+
+def _check_minimal_root(x: _Probe) -> Layer:
+    used, visible = bool(x.p.get("minimal_root")), x.p.get("hidden_paths_visible", [])
+    detail = (
+        "read-only root: /usr, the interpreter prefix, /etc essentials"
+        if used
+        else f"not used ({x.steps.get('minimal_root', 'disabled')})"
+    )
+    return Layer(
+        used and not visible,
+        detail + (f"; VISIBLE: {visible}" if visible else ""),
         "needs a mount namespace and pivot_root; keep the venv outside secret directories",
     )
-    cg = p.get("cgroup", "")
-    cg_ok = bool(s.unit) and "cgroup_error" not in s.info and f"slot{s.index}" in cg
-    L["cgroup"] = Layer(
-        cg_ok,
-        f"{pool._cg_kind} memory {cfg.memory_bytes >> 20} MiB, pids {cfg.pids}"
-        if cg_ok
+
+
+def _check_cgroup(x: _Probe) -> Layer:
+    s, cfg, kind = x.slot, x.cfg, x.pool._cg_kind
+    ok = bool(s.unit) and "cgroup_error" not in s.info and f"slot{s.index}" in x.p.get("cgroup", "")
+    err = f" ({s.info['cgroup_error']})" if s.info.get("cgroup_error") else ""
+    return Layer(
+        ok,
+        f"{kind} memory {cfg.memory_bytes >> 20} MiB, pids {cfg.pids}"
+        if ok
         else "not available: RLIMIT_AS/NPROC only",
-        "run as root with a writable cgroup v1 memory+pids or v2 hierarchy"
-        + (f" ({s.info['cgroup_error']})" if s.info.get("cgroup_error") else ""),
+        f"run as root with a writable cgroup v1 memory+pids or v2 hierarchy{err}",
     )
-    L["rlimits"] = Layer(steps.get("rlimits") == "ok", f"{p.get('rlimits')}", "report a bug")
-    caps_ok = p.get("cap_eff", "x").strip("0") == "" and p.get("cap_bnd", "x").strip("0") == ""
-    L["caps_dropped"] = Layer(
-        caps_ok, f"CapEff {p.get('cap_eff')} CapBnd {p.get('cap_bnd')}", "report a bug"
-    )
-    L["no_new_privs"] = Layer(
-        p.get("no_new_privs") == "1", f"NoNewPrivs {p.get('no_new_privs')}", "report a bug"
-    )
-    exe_ok = bool(p.get("executable_ok")) and p.get("interpreter_exec") == "ok"
-    rebind = p.get("rebind_errors")
-    L["interpreter_usable"] = Layer(
-        exe_ok,
+
+
+def _check_caps(x: _Probe) -> Layer:
+    eff, bnd = x.p.get("cap_eff", "x"), x.p.get("cap_bnd", "x")
+    ok = eff.strip("0") == "" and bnd.strip("0") == ""
+    return Layer(ok, f"CapEff {eff} CapBnd {bnd}", "report a bug")
+
+
+def _check_interpreter(x: _Probe) -> Layer:
+    p, rebind = x.p, x.p.get("rebind_errors")
+    return Layer(
+        bool(p.get("executable_ok")) and p.get("interpreter_exec") == "ok",
         f"{p.get('executable')}: {p.get('interpreter_exec')}"
         + (f"; not bound back over the scratch tmpfs: {rebind}" if rebind else ""),
-        f"the sandbox uid cannot execute {pool.python} or read its prefix: create the venv "
+        f"the sandbox uid cannot execute {x.pool.python} or read its prefix: create the venv "
         "from a system-wide interpreter (/usr/bin/python3 -m venv /opt/trajlab-venv) or "
         "make each parent directory o+rx (a mode-0700 parent such as /root or a mktemp "
         "directory blocks it; the minimal root works around that)",
     )
-    writable = p.get("writable_sys_path", [])
-    L["site_packages_readonly"] = Layer(
+
+
+def _check_site_packages(x: _Probe) -> Layer:
+    writable = x.p.get("writable_sys_path", [])
+    return Layer(
         not writable,
         "sys.path not writable" if not writable else f"WRITABLE by the sandbox: {writable}",
         f"make {writable} owned by root and not group/world-writable (chmod -R go-w); "
         "a writable site-packages lets a .pth file run in every later Python process",
     )
-    abi = int(s.info.get("landlock_abi", 0))
-    L["landlock"] = Layer(abi > 0, f"ABI {abi} present (reported, not used)", "optional")
+
+
+def _check_landlock(x: _Probe) -> Layer:
+    abi = int(x.slot.info.get("landlock_abi", 0))
+    return Layer(abi > 0, f"ABI {abi} present (reported, not used)", "optional")
+
+
+# Layer name -> its check, in report order (a check may read the verdicts above it).
+_LAYER_CHECKS: dict[str, Any] = {
+    "process_per_run": lambda x: Layer(True, "each run is forked from a clean zygote"),
+    "outside_timeout": lambda x: Layer(
+        True, "zygote deadline, SIGKILL of the process group and cgroup"
+    ),
+    "uid_drop": _check_uid_drop,
+    "user_namespace": _check_user_namespace,
+    "pid_namespace": _check_pid_namespace,
+    "net_namespace": _check_net_namespace,
+    "seccomp": _check_seccomp,
+    "seccomp_socket_filter": _check_socket_filter,
+    "network_blocked": _check_network_blocked,
+    "env_scrubbed": _check_env,
+    "mount_namespace": lambda x: x.step("private_mounts", "private mounts", _NEEDS_USERNS),
+    "private_proc": lambda x: x.step(
+        "private_proc", "fresh procfs", "needs user+pid namespaces and a fully visible host /proc"
+    ),
+    "tmpfs_scratch": _check_tmpfs,
+    "minimal_root": _check_minimal_root,
+    "cgroup": _check_cgroup,
+    "rlimits": lambda x: Layer(
+        x.steps.get("rlimits") == "ok", f"{x.p.get('rlimits')}", "report a bug"
+    ),
+    "caps_dropped": _check_caps,
+    "no_new_privs": lambda x: Layer(
+        x.p.get("no_new_privs") == "1", f"NoNewPrivs {x.p.get('no_new_privs')}", "report a bug"
+    ),
+    "interpreter_usable": _check_interpreter,
+    "site_packages_readonly": _check_site_packages,
+    "landlock": _check_landlock,
+}
+
+
+def _assess(p: dict, pool: SandboxPool, s: _Slot) -> Capabilities:
+    """Turn the probe's raw observations into layer verdicts with fixes."""
+    probe = _Probe(p, pool, s, {})
+    for name, check in _LAYER_CHECKS.items():
+        probe.layers[name] = check(probe)
     info = {
         "uid_range": pool.uids()[:1] + pool.uids()[-1:],
         "cgroup": pool._cg_kind,
         "preloaded": s.info.get("preloaded"),
         "seccomp_skipped": s.info.get("seccomp_skipped"),
-        "steps": steps,
-        "mode": "untrusted" if not cfg.allow_insecure else "insecure-allowed",
+        "steps": probe.steps,
+        "mode": "untrusted" if not pool.config.allow_insecure else "insecure-allowed",
     }
-    return Capabilities(L, info)
+    return Capabilities(probe.layers, info)
 
 
 def capabilities(config: SandboxConfig | None = None) -> Capabilities:

@@ -112,6 +112,175 @@ def read_frame(fd: int, deadline: float | None = None, limit: int = MAX_FRAME) -
     return obj
 
 
+# ----------------------------------------------------------------------------- messages
+# Every frame between the pool and its zygote is one of the classes below: requests from
+# the pool, answers from the zygote, each tagged by `op`. `decode` checks that a frame
+# names a known message and that every field is present and of its type, so a malformed
+# frame fails at the boundary with its name, never as a KeyError inside a handler.
+# (Frames between the zygote and its own sandboxes, on fds 3/4, are not these.)
+
+_NEEDED = object()  # marks a field without a default
+_INT, _NUM, _STR, _DICT = (int,), (int, float), (str,), (dict,)
+_OPT_INT, _OPT_STR = (int, type(None)), (str, type(None))
+
+
+class Message:
+    op = ""
+    FIELDS: dict = {}  # name -> (accepted types, default or _NEEDED)
+    __slots__ = ("nonce",)
+
+    def __init__(self, nonce: str | None = None, **values) -> None:
+        self.nonce = nonce
+        for name, (types, default) in self.FIELDS.items():
+            value = values.pop(name, default)
+            if value is _NEEDED:
+                raise ValueError(f"a {self.op!r} message needs the field {name!r}")
+            if not isinstance(value, types) or (types == _NUM and isinstance(value, bool)):
+                raise ValueError(
+                    f"field {name!r} of a {self.op!r} message must be "
+                    f"{'/'.join(t.__name__ for t in types)}, not {type(value).__name__}"
+                )
+            setattr(self, name, value)
+        if values:
+            raise ValueError(f"a {self.op!r} message has no fields {sorted(values)}")
+
+    def to_wire(self) -> dict:
+        return {"op": self.op, "nonce": self.nonce, **{k: getattr(self, k) for k in self.FIELDS}}
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("nonce", *self.FIELDS))
+        return f"{type(self).__name__}({body})"
+
+
+class Configure(Message):
+    """The layers the pool's self-check found to hold; the zygote applies exactly these."""
+
+    op = "configure"
+    FIELDS = {"layers": (_DICT, _NEEDED)}
+    __slots__ = tuple(FIELDS)
+
+
+class Run(Message):
+    """One program in a fresh sandbox (`kind` probe: the self-check's probe instead)."""
+
+    op = "run"
+    FIELDS = {
+        "kind": (_STR, "run"),
+        "code": (_STR, ""),
+        "stdin": (_OPT_STR, None),  # base64
+        "timeout_s": (_NUM, _NEEDED),
+        "output_cap": (_INT, _NEEDED),
+        "limits": (_DICT, _NEEDED),
+    }
+    __slots__ = tuple(FIELDS)
+
+
+class SessionOpen(Message):
+    op = "session_open"
+    FIELDS = {"sid": (_STR, _NEEDED), "limits": (_DICT, _NEEDED), "max_sessions": (_INT, 8)}
+    __slots__ = tuple(FIELDS)
+
+
+class SessionRun(Message):
+    op = "session_run"
+    FIELDS = {
+        "sid": (_STR, _NEEDED),
+        "code": (_STR, ""),
+        "timeout_s": (_NUM, _NEEDED),
+        "output_cap": (_INT, _NEEDED),
+    }
+    __slots__ = tuple(FIELDS)
+
+
+class SessionClose(Message):
+    op = "session_close"
+    FIELDS = {"sid": (_STR, _NEEDED)}
+    __slots__ = tuple(FIELDS)
+
+
+class Ping(Message):
+    op = "ping"
+    __slots__ = ()
+
+
+class Shutdown(Message):
+    op = "shutdown"
+    __slots__ = ()
+
+
+class Ready(Message):
+    """The zygote's first frame: what its startup found (preloads, seccomp, landlock)."""
+
+    op = "ready"
+    FIELDS = {"info": (_DICT, _NEEDED), "pid": (_INT, _NEEDED)}
+    __slots__ = tuple(FIELDS)
+
+
+class Status(Message):
+    """The answer to a request that produces no run: ok, refused, bad_op or zygote_error."""
+
+    op = "status"
+    FIELDS = {"status": (_STR, "ok"), "error": (_STR, "")}
+    __slots__ = tuple(FIELDS)
+
+
+class Pong(Message):
+    op = "pong"
+    FIELDS = {
+        "runs": (_INT, _NEEDED),
+        "spare_pid": (_OPT_INT, None),
+        "session_pids": ((list,), _NEEDED),
+    }
+    __slots__ = tuple(FIELDS)
+
+
+class Result(Message):
+    """How one run or session cell ended. stdout/stderr are base64; killed_for is
+    timeout, output_limit, crashed, gone (no such session) or None."""
+
+    op = "result"
+    FIELDS = {
+        "stdout": (_STR, ""),
+        "stderr": (_STR, ""),
+        "exit_code": (_OPT_INT, None),
+        "signal": (_OPT_INT, None),
+        "killed_for": (_OPT_STR, None),
+        "oom_kill": ((bool,), False),
+        "latency_s": (_NUM, 0.0),
+        "setup_error": (_STR, ""),
+        "session_reset": ((bool,), False),
+    }
+    __slots__ = tuple(FIELDS)
+
+
+REQUESTS = (Configure, Run, SessionOpen, SessionRun, SessionClose, Ping, Shutdown)
+ANSWERS = (Ready, Status, Pong, Result)
+MESSAGES = {cls.op: cls for cls in (*REQUESTS, *ANSWERS)}
+
+
+def decode(frame: dict) -> Message:
+    """The message a frame carries; ValueError if it names no message or breaks its fields."""
+    fields = dict(frame)
+    op = fields.pop("op", None)
+    cls = MESSAGES.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ValueError(f"unknown message op {op!r}; known: {', '.join(MESSAGES)}")
+    nonce = fields.pop("nonce", None)
+    if nonce is not None and not isinstance(nonce, str):
+        raise ValueError(f"the nonce of a {op!r} message must be a string")
+    return cls(nonce=nonce, **fields)
+
+
+def send(fd: int, msg: Message) -> None:
+    write_frame(fd, msg.to_wire())
+
+
+def receive(fd: int, deadline: float | None = None) -> Message | None:
+    """The next message on fd; None on a clean EOF (errors as read_frame, plus decode's)."""
+    frame = read_frame(fd, deadline)
+    return None if frame is None else decode(frame)
+
+
 # ----------------------------------------------------------------------------- libc
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYSCALLS = {  # numbers for the syscalls glibc does not wrap
@@ -1369,12 +1538,12 @@ class Zygote:
             for fd in (job.out_r, job.err_r, job.st_r):
                 os.close(fd)
 
-    def run(self, req: dict) -> dict:
-        kind = req.get("kind", "run")
+    def run(self, req: Run) -> Result:
+        kind = req.kind
         if kind == "probe":
             self.probing = True
             self.drop_spare()
-        limits = req["limits"]
+        limits = req.limits
         oom0 = cgroup_oom_kills(self.unit)
         t0 = time.monotonic()
         if kind == "run" and not self.probing:
@@ -1384,16 +1553,14 @@ class Zygote:
                 self.make_spare()
             job, self.spare = self.spare, None
             with contextlib.suppress(OSError):  # a spare that died in setup: its status says why
-                frame = {"code": req.get("code", ""), "cpu_s": limits["cpu_s"]}
-                write_frame(job.code_w, {**frame, "stdin": req.get("stdin")})
+                frame = {"code": req.code, "cpu_s": limits["cpu_s"], "stdin": req.stdin}
+                write_frame(job.code_w, frame)
             os.close(job.code_w)
         else:
-            job = Job(self, kind, req.get("code", ""), limits, self.unit, self.uid, self.gid)
+            job = Job(self, kind, req.code, limits, self.unit, self.uid, self.gid)
             self.spawn(job)
         try:
-            out, err, why, _ = self.collect(
-                job, t0 + float(req["timeout_s"]), int(req["output_cap"])
-            )
+            out, err, why, _ = self.collect(job, t0 + req.timeout_s, req.output_cap)
         except BaseException:
             self.kill(job, self.unit)
             raise
@@ -1416,45 +1583,67 @@ class Zygote:
         oom = cgroup_oom_kills(self.unit) > oom0 >= 0
         if kind == "probe":
             self.probing = False
-        return _result(req["nonce"], out, err, code, sig, why, oom, latency, setup_err)
+        return _result(req.nonce, out, err, code, sig, why, oom, latency, setup_err)
+
+    def handle(self, req: Message) -> Message:
+        """Answer one request from the pool."""
+        if isinstance(req, Configure):
+            self.drop_spare()
+            self.layers.update(req.layers)
+            self.probing = False
+            return Status(req.nonce)
+        if isinstance(req, Run):
+            return self.run(req)
+        if isinstance(req, SessionOpen):
+            return self.session_open(req)
+        if isinstance(req, SessionRun):
+            return self.session_run(req)
+        if isinstance(req, SessionClose):
+            self._drop_session(req.sid)
+            return Status(req.nonce)
+        if isinstance(req, Ping):
+            spare = self.spare.pid if self.spare else None
+            pids = [x.job.pid for x in self.sessions.values()]
+            return Pong(req.nonce, runs=self.runs, spare_pid=spare, session_pids=pids)
+        return Status(req.nonce, status="bad_op", error=f"{req.op!r} is not a request")
 
     # -- sessions -------------------------------------------------------------------------
-    def session_open(self, req: dict) -> dict:
-        sid = req["sid"]
-        if len(self.sessions) >= int(req.get("max_sessions", 8)):
-            return {"nonce": req["nonce"], "status": "refused", "error": "too many open sessions"}
+    def session_open(self, req: SessionOpen) -> Status:
+        sid = req.sid
+        if len(self.sessions) >= req.max_sessions:
+            return Status(req.nonce, status="refused", error="too many open sessions")
         unit = None
         if self.layers["cgroup"] and self.session_parents:
             unit = cgroup_create(self.session_parents["kind"], self.session_parents["parents"],
-                                 f"session-{sid}", req["limits"]["cgroup"])  # fmt: skip
+                                 f"session-{sid}", req.limits["cgroup"])  # fmt: skip
         uid = self.session_uid if self.layers["uid_drop"] else None
         gid = self.session_gid if self.layers["uid_drop"] else None
-        job = Job(self, "session", "", req["limits"], unit, uid, gid)
+        job = Job(self, "session", "", req.limits, unit, uid, gid)
         cell_r, cell_w = os.pipe()
         done_r, done_w = os.pipe()
         job.extra = [cell_r, done_w]
         self.spawn(job)
         self.sessions[sid] = Session(job, cell_w, done_r)
-        return {"nonce": req["nonce"], "status": "ok"}
+        return Status(req.nonce)
 
-    def session_run(self, req: dict) -> dict:
-        s = self.sessions.get(req["sid"])
+    def session_run(self, req: SessionRun) -> Result:
+        s = self.sessions.get(req.sid)
         if s is None:
-            return _result(req["nonce"], b"", b"", None, None, "gone", False, 0.0, "")
+            return _result(req.nonce, b"", b"", None, None, "gone", False, 0.0, "")
         t0 = time.monotonic()
         oom0 = cgroup_oom_kills(s.job.unit)
         cell_nonce = base64.b16encode(os.urandom(8)).decode()
         try:
-            write_frame(s.cell_w, {"nonce": cell_nonce, "code": req["code"]})
+            write_frame(s.cell_w, {"nonce": cell_nonce, "code": req.code})
         except OSError:
-            self._drop_session(req["sid"])
-            return _result(req["nonce"], b"", b"", None, None, "gone", False, 0.0, "")
+            self._drop_session(req.sid)
+            return _result(req.nonce, b"", b"", None, None, "gone", False, 0.0, "")
         try:
             out, err, why, done = self.collect(
-                s.job, t0 + float(req["timeout_s"]), int(req["output_cap"]), s.done_r, cell_nonce
+                s.job, t0 + req.timeout_s, req.output_cap, s.done_r, cell_nonce
             )
         except BaseException:
-            self._drop_session(req["sid"])
+            self._drop_session(req.sid)
             raise
         s.last_used = time.monotonic()
         s.cells += 1
@@ -1462,14 +1651,14 @@ class Zygote:
         if why == "done":
             rc = done.get("exit_code") if isinstance(done, dict) else None
             rc = rc if isinstance(rc, int) else 1
-            return _result(req["nonce"], out, err, rc, None, None, False, latency, "")
+            return _result(req.nonce, out, err, rc, None, None, False, latency, "")
         # the cell ended the session (timeout, cap, crash, exit): kill and report
         self.kill(s.job, s.job.unit)
         code, sig = self.reap(s.job)
         oom = cgroup_oom_kills(s.job.unit) > oom0 >= 0
-        self._drop_session(req["sid"], kill=False)
-        res = _result(req["nonce"], out, err, code, sig, why, oom, latency, "")
-        res["session_reset"] = True
+        self._drop_session(req.sid, kill=False)
+        res = _result(req.nonce, out, err, code, sig, why, oom, latency, "")
+        res.session_reset = True
         return res
 
     def _drop_session(self, sid: str, kill: bool = True) -> None:
@@ -1558,18 +1747,18 @@ def _vm_size_kb() -> int:
 
 def _result(
     nonce, out: bytes, err: bytes, code, sig, why, oom: bool, latency: float, setup_err: str
-) -> dict:
-    return {
-        "nonce": nonce,
-        "stdout": base64.b64encode(out).decode(),
-        "stderr": base64.b64encode(err).decode(),
-        "exit_code": code,
-        "signal": sig,
-        "killed_for": why,  # timeout | output_limit | crashed | gone | None
-        "oom_kill": oom,
-        "latency_s": latency,
-        "setup_error": setup_err,
-    }
+) -> Result:
+    return Result(
+        nonce,
+        stdout=base64.b64encode(out).decode(),
+        stderr=base64.b64encode(err).decode(),
+        exit_code=code,
+        signal=sig,
+        killed_for=why,
+        oom_kill=oom,
+        latency_s=latency,
+        setup_error=setup_err,
+    )
 
 
 def main() -> None:
@@ -1577,7 +1766,7 @@ def main() -> None:
     if cfg is None:
         return
     z = Zygote(cfg)
-    write_frame(1, {"op": "ready", "info": z.startup(), "pid": z.pid})
+    send(1, Ready(info=z.startup(), pid=z.pid))
     idle_s = float(cfg.get("session_idle_s", 600))
     while True:
         timeout = 5.0 if z.sessions else None
@@ -1585,55 +1774,31 @@ def main() -> None:
             z.expire_sessions(idle_s)
             continue
         try:
-            req = read_frame(0)
+            frame = read_frame(0)
         except Exception:
             break
-        if req is None or req.get("op") == "shutdown":
+        if frame is None:
             break
-        op = req.get("op")
         try:
-            if op == "configure":
-                z.drop_spare()
-                z.layers.update(req["layers"])
-                z.probing = False
-                resp = {"nonce": req["nonce"], "status": "ok"}
-            elif op == "run":
-                resp = z.run(req)
-            elif op == "session_open":
-                resp = z.session_open(req)
-            elif op == "session_run":
-                resp = z.session_run(req)
-            elif op == "session_close":
-                z._drop_session(req["sid"])
-                resp = {"nonce": req["nonce"], "status": "ok"}
-            elif op == "ping":
-                resp = {
-                    "nonce": req["nonce"],
-                    "status": "ok",
-                    "runs": z.runs,
-                    "spare_pid": z.spare.pid if z.spare else None,
-                    "session_pids": [x.job.pid for x in z.sessions.values()],
-                }
-            else:
-                resp = {
-                    "nonce": req.get("nonce"),
-                    "status": "bad_op",
-                    "error": f"unknown op {op!r}",
-                }
-        except _HostGone:
-            break
-        except Exception as e:  # report, keep serving: one broken request must not kill the slot
-            resp = {
-                "nonce": req.get("nonce"),
-                "status": "zygote_error",
-                "error": f"{type(e).__name__}: {e}",
-            }
+            req = decode(frame)
+        except ValueError as e:
+            nonce = frame.get("nonce")
+            resp = Status(nonce if isinstance(nonce, str) else None, status="bad_op", error=str(e))
+        else:
+            if isinstance(req, Shutdown):
+                break
+            try:
+                resp = z.handle(req)
+            except _HostGone:
+                break
+            except Exception as e:  # report, keep serving: one bad request must not kill the slot
+                resp = Status(req.nonce, status="zygote_error", error=f"{type(e).__name__}: {e}")
         z.expire_sessions(idle_s)
         try:
-            write_frame(1, resp)
+            send(1, resp)
         except OSError:
             break
-        if op == "run":
+        if frame.get("op") == "run":
             try:
                 z.make_spare()
             except Exception:  # e.g. EAGAIN at the process limit: the next run forks anew
