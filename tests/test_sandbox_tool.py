@@ -53,6 +53,15 @@ def test_tool_protocol_and_outputs(tool):
     assert tool.run({"cmd": "print(1)"}).status == "bad_args"
 
 
+def test_control_characters_reach_the_observation_escaped(tool):
+    code = "import sys\nsys.stdout.write('\\x1b[31mred\\r\\x00\\n')\nraise ValueError('\\x1b]0;t\\x07')"
+    r = tool.run({"code": code})
+    assert r.output == "\\x1b[31mred\\r\\x00\nValueError: \\x1b]0;t\\x07"
+    assert "\x1b" not in r.output + r.error
+    raw = PythonTool(PythonToolConfig(raw_output=True), pool=tool.pool).run({"code": code})
+    assert raw.output.startswith("\x1b[31mred\r\x00\n")
+
+
 def test_session_keeps_state_and_resets_on_timeout(tool):
     with tool.open_session() as s:
         assert s.run({"code": "x = 41"}).ok
@@ -128,6 +137,20 @@ def test_dead_zygote_is_restarted():
         with pytest.raises(SandboxError, match="restarted"):
             pool.run("print(1)")
         assert pool.run("print(2)").stdout == "2\n"
+
+
+def test_restarting_a_slot_keeps_the_sessions_of_other_slots():
+    with SandboxPool(SandboxConfig(slots=2, preload=(), allow_insecure=True)) as pool:
+        a, b = pool.session(), pool.session()
+        assert a.slot is not b.slot  # one per slot
+        a.run("x = 'a'")
+        b.run("x = 'b'")
+        os.kill(a.slot.proc.pid, 9)
+        with pytest.raises(SandboxError, match="restarted"):
+            a.run("print(x)")
+        assert b.run("print(x)").stdout == "b\n"  # untouched by the other slot's restart
+        after = a.run("print(x)")
+        assert after.session_reset and "NameError" in after.stderr
 
 
 def test_zygote_answers_a_malformed_request_and_keeps_serving():

@@ -302,3 +302,12 @@ def test_assess_names_the_failing_layer(change, failed, detail):
 def test_assess_loopback_counts_the_seccomp_layer_as_the_socket_filter():
     caps = _assess({**_holding_probe(), "inet_socket": "created"}, allow_loopback=True)
     assert caps.holds("seccomp_socket_filter")
+
+
+def test_observation_escapes_control_characters():
+    r = SandboxResult("ok", stdout="\x1b[2J\x1b[31mred\r\x00 ok\ttab\n\x7f\x85")
+    obs = format_observation(r, PythonToolConfig())
+    assert obs == "\\x1b[2J\\x1b[31mred\\r\\x00 ok\ttab\n\\x7f\\x85"
+    assert format_observation(r, PythonToolConfig(raw_output=True)) == r.stdout
+    err = SandboxResult("error", stderr="Traceback\nValueError: \x1b]0;pwned\x07\n", error="x")
+    assert format_observation(err, PythonToolConfig()) == "ValueError: \\x1b]0;pwned\\x07"

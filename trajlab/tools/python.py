@@ -9,9 +9,11 @@
 What the model sees: stdout; on failure, stdout followed by the last
 `traceback_lines` lines of the traceback (CIR keeps only the last line, which is
 `PythonToolConfig(traceback_lines=1)`, the default), or one line naming the timeout,
-output cap, memory limit or crash. Status and ok come from the sandbox
-(trajlab/tools/sandbox.py); a failure of the model's code is data (ok=False), only a
-broken sandbox raises.
+output cap, memory limit or crash. Control characters other than newline and tab (ESC,
+NUL, CR, DEL, C1) are shown escaped (`\\x1b`, `\\r`), so terminal escape sequences never
+reach a log, a terminal or the viewer verbatim; `raw_output=True` passes them through.
+Status and ok come from the sandbox (trajlab/tools/sandbox.py); a failure of the model's
+code is data (ok=False), only a broken sandbox raises.
 
 Non-goals: truncating the observation for the model's context is the agent loop's job
 (configurable there); this tool only bounds what the sandbox captures
@@ -20,6 +22,7 @@ Non-goals: truncating the observation for the model's context is the agent loop'
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -36,6 +39,11 @@ class PythonToolConfig(SandboxConfig):
     traceback_lines: int = opt(
         1, "python tool: trailing traceback lines shown after stdout on an error (CIR: 1; 0: none)"
     )
+    raw_output: bool = opt(
+        False,
+        "python tool: pass control characters (ESC, NUL, CR, ...) through verbatim instead of "
+        "escaping them (for tasks that grade raw bytes)",
+    )
 
     def sandbox_config(self) -> SandboxConfig:
         return SandboxConfig(**{f.name: getattr(self, f.name) for f in fields(SandboxConfig)})
@@ -48,8 +56,22 @@ _STATUS_LINES = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but \t and \n
+
+
+def escape_controls(text: str) -> str:
+    """Control characters other than newline and tab, written as visible escapes."""
+    return _CONTROL.sub(lambda m: "\\r" if m[0] == "\r" else f"\\x{ord(m[0]):02x}", text)
+
+
 def format_observation(r: SandboxResult, cfg: PythonToolConfig) -> str:
-    """stdout, plus the error tail the model is shown when the run failed."""
+    """stdout, plus the error tail the model is shown when the run failed (control
+    characters escaped unless cfg.raw_output)."""
+    text = _observation(r, cfg)
+    return text if cfg.raw_output else escape_controls(text)
+
+
+def _observation(r: SandboxResult, cfg: PythonToolConfig) -> str:
     out = r.stdout
     if r.status == "ok":
         return out
@@ -79,11 +101,12 @@ def _bad_args(args: Any) -> ToolResult | None:
 
 
 def _to_tool_result(r: SandboxResult, cfg: PythonToolConfig) -> ToolResult:
+    error = None if r.ok else (r.error or r.status)
     return ToolResult(
         output=format_observation(r, cfg),
         ok=r.ok,
         status=r.status,
-        error=None if r.ok else (r.error or r.status),
+        error=error if error is None or cfg.raw_output else escape_controls(error),
         latency_s=r.latency_s,
     )
 

@@ -769,8 +769,8 @@ class SandboxPool:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             self._stop(s)
-        for d in self._pool_cg.values():  # sessions of this slot died with it
-            for sub in Path(d).glob("session-*"):
+        for d in self._pool_cg.values():  # this slot's sessions died with it; no other's
+            for sub in Path(d).glob(f"session-{_session_prefix(s)}*"):
                 zy.cgroup_kill_all({"kind": self._cg_kind, "dirs": {"x": str(sub)}}, 0.2)
         self._launch(s)
         self._handshake(s)
@@ -910,7 +910,7 @@ class SandboxPool:
             slot = min(self._slots, key=lambda s: len(s.sessions))
         s = self._acquire(slot)
         try:
-            sid = secrets.token_hex(8)
+            sid = _session_prefix(s) + secrets.token_hex(8)  # names its cgroup too
             req = zy.SessionOpen(
                 sid=sid,
                 limits=self._limits(self.config.session_cpu_s, cgroup=True),
@@ -961,6 +961,10 @@ class SandboxPool:
         """True when the zygote's RSS doubled (plus 64 MiB) since it started."""
         rss = _rss_kb(s.proc.pid) if s.proc else -1
         return s.rss0_kb > 0 and rss > 2 * s.rss0_kb + 65536
+
+
+def _session_prefix(s: _Slot) -> str:
+    return f"s{s.index}-"
 
 
 def _rss_kb(pid: int) -> int:
