@@ -69,11 +69,21 @@ import time
 MAX_FRAME = 32 << 20
 
 
-def write_frame(fd: int, obj: dict) -> None:
+def write_frame(fd: int, obj: dict, deadline: float | None = None) -> None:
+    """Write one frame. On a non-blocking fd, TimeoutError once `deadline` passes with the
+    reader not draining the pipe (so a sandbox that stops reading cannot stall its writer)."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     buf = memoryview(struct.pack(">I", len(data)) + data)
     while buf:
-        n = os.write(fd, buf)
+        try:
+            n = os.write(fd, buf)
+        except BlockingIOError:
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError(
+                    f"the reader took no frame within the deadline ({len(buf)} bytes left)"
+                ) from None
+            continue
         buf = buf[n:]
 
 
@@ -1520,6 +1530,7 @@ class Zygote:
         if self.spare is None and self.spare_limits is not None and not self.probing:
             job = Job(self, "spare", "", self.spare_limits, self.unit, self.uid, self.gid)
             code_r, job.code_w = os.pipe()
+            os.set_blocking(job.code_w, False)  # writes to a sandbox have a deadline
             job.extra = [code_r]
             self.spawn(job)
             self.spare = job
@@ -1552,9 +1563,9 @@ class Zygote:
                 self.spare_limits = _no_cpu(limits)
                 self.make_spare()
             job, self.spare = self.spare, None
-            with contextlib.suppress(OSError):  # a spare that died in setup: its status says why
+            with contextlib.suppress(OSError):  # died in setup (its status says why) or timed out
                 frame = {"code": req.code, "cpu_s": limits["cpu_s"], "stdin": req.stdin}
-                write_frame(job.code_w, frame)
+                write_frame(job.code_w, frame, t0 + req.timeout_s)
             os.close(job.code_w)
         else:
             job = Job(self, kind, req.code, limits, self.unit, self.uid, self.gid)
@@ -1620,6 +1631,7 @@ class Zygote:
         gid = self.session_gid if self.layers["uid_drop"] else None
         job = Job(self, "session", "", req.limits, unit, uid, gid)
         cell_r, cell_w = os.pipe()
+        os.set_blocking(cell_w, False)  # a session that stops reading cannot stall the zygote
         done_r, done_w = os.pipe()
         job.extra = [cell_r, done_w]
         self.spawn(job)
@@ -1634,7 +1646,12 @@ class Zygote:
         oom0 = cgroup_oom_kills(s.job.unit)
         cell_nonce = base64.b16encode(os.urandom(8)).decode()
         try:
-            write_frame(s.cell_w, {"nonce": cell_nonce, "code": req.code})
+            write_frame(s.cell_w, {"nonce": cell_nonce, "code": req.code}, t0 + req.timeout_s)
+        except TimeoutError:  # still busy with an earlier cell (one that lied it was done)
+            self._drop_session(req.sid)
+            res = _result(req.nonce, b"", b"", None, None, "timeout", False, req.timeout_s, "")
+            res.session_reset = True
+            return res
         except OSError:
             self._drop_session(req.sid)
             return _result(req.nonce, b"", b"", None, None, "gone", False, 0.0, "")
