@@ -26,6 +26,10 @@ def test_demo_runs_every_stage_and_reports_gains(tiny_model_dir, tmp_path, capsy
     for m in r["results"].values():
         lo, hi = m["accuracy_ci"]
         assert lo <= m["accuracy"] <= hi
+        kinds = m["by_kind"]
+        assert set(kinds) == {"expressions", "word problems"}
+        assert sum(n for _, n in kinds.values()) == 4
+        assert sum(right for right, _ in kinds.values()) == round(m["accuracy"] * 4)
     assert set(r["gains"]) == {"sft", "rl"} and all("ci" in g for g in r["gains"].values())
     for folder in ("eval_base", "eval_sft", "eval_rl"):
         assert (out / folder / "trajectories.jsonl").is_file()
@@ -33,6 +37,7 @@ def test_demo_runs_every_stage_and_reports_gains(tiny_model_dir, tmp_path, capsy
     text = capsys.readouterr().out
     assert "gains (paired over the same questions): cold start" in text
     assert "RL over SFT" in text and "compare two stages:" in text
+    assert "right by kind" in text and "word problems" in text
     assert not list(out.glob(".stage-*"))  # stage results are cleaned up
 
 

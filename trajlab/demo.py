@@ -12,22 +12,23 @@ sandbox's output comes back in ```output ... ```, and the answer is \\boxed{}.
 Stages, each in its own process (so no stage's memory stays behind for the next one) and
 each printed as it runs:
   0. held-out evaluation of the untouched model (greedy, the first N questions of the test
-     split);
-  1. a light cold start in the call format: for 8 training questions that are bare
-     expressions, a scripted "teacher" writes print(<the expression>), the REAL sandbox runs
-     it, and the teacher copies the printed number into \\boxed{}. The episodes go through
-     the same agent loop as RL rollouts (trajlab.engines.fake.FakeEngine as the engine), so
-     they are token-exact trajectories with the tool output masked out of the loss. Word
-     problems are left out, and the cold start is one SFT step on purpose: a full SFT on 32
-     such episodes made the model near-deterministic (entropy 0.03-0.06 nats per token), so
-     every RL group then had one reward and 6 GRPO steps learned nothing (docs/results.md);
-  2. `trajlab sft` on them (model tokens only, one optimizer step), then held-out evaluation;
-  3. GRPO (`trajlab train`) from the SFT model with the real sandbox, then held-out
-     evaluation;
-  4. a table of accuracy with its 95 % interval, tool-call rate and time per stage, one
-     line saying which stage produced which gain (paired bootstrap over the same held-out
-     questions, trajlab.eval.compare), where everything was written, and the command that
-     opens the viewer.
+     split: about two thirds bare expressions, one third word problems);
+  1. a cold start in the call format on bare expressions only: for 32 training questions a
+     scripted "teacher" writes print(<the expression>), the REAL sandbox runs it, and the
+     teacher copies the printed number into \\boxed{}. The episodes go through the same
+     agent loop as RL rollouts (trajlab.engines.fake.FakeEngine as the engine), so they
+     are token-exact trajectories with the tool output masked out of the loss. No word
+     problem is shown;
+  2. `trajlab sft` on them (model tokens only, 4 optimizer steps), then held-out evaluation;
+  3. GRPO (`trajlab train`) from the SFT model with the real sandbox on training word
+     problems, the part the cold start left out, then held-out evaluation. Why this split
+     (docs/results.md, section 2): after the cold start the model calls the tool on every
+     question and about half of the word-problem groups mix right and wrong samples, so
+     GRPO has signal there; expression groups are all right and would teach nothing;
+  4. a table of accuracy with its 95 % interval, tool-call rate, time and right answers by
+     kind of question per stage, one line saying which stage produced which gain (paired
+     bootstrap over the same held-out questions, trajlab.eval.compare), where everything
+     was written, and the command that opens the viewer.
 
 Honesty notes: the held-out questions come from the test split, which never shares a
 question with the training split; evaluation is greedy and identical in every stage. The
@@ -161,7 +162,25 @@ def stage_eval(a: dict[str, Any], model: str, out: str) -> dict[str, Any]:
     from trajlab.eval.harness import evaluate
 
     m = evaluate(eval_config(model, Path(out), a["eval_size"]), argv=a["argv"])
-    return {k: m[k] for k in ("accuracy", "accuracy_ci", "tool_call_rate", "tool_call_rate_ci")}
+    keep = ("accuracy", "accuracy_ci", "tool_call_rate", "tool_call_rate_ci")
+    return {**{k: m[k] for k in keep}, "by_kind": right_by_kind(Path(out), a["eval_size"])}
+
+
+def right_by_kind(run: Path, n: int) -> dict[str, list[int]]:
+    """[right, asked] per kind of held-out question: bare expressions and word problems."""
+    from trajlab.tasks import load_task
+    from trajlab.types import iter_jsonl
+
+    kind = {
+        ex.id: "expressions" if ex.meta["style"] == "expression" else "word problems"
+        for ex in load_task("arith", split="test", n=n, seed=0)
+    }
+    counts = {k: [0, 0] for k in ("expressions", "word problems")}
+    for t in iter_jsonl(run / "trajectories.jsonl"):
+        c = counts[kind[t.example_id]]
+        c[0] += bool(t.metadata.get("correct"))
+        c[1] += 1
+    return counts
 
 
 def stage_sft(a: dict[str, Any], base: str, out: str) -> dict[str, Any]:
@@ -207,6 +226,7 @@ def rl_overrides(a: dict[str, Any], model: str, out: str) -> list[str]:
         f"threads={a['threads']}",
         "data.task=arith",
         f"data.size={TRAIN_POOL}",
+        f"data.options={{word_prob: {a['rl_word_prob']}}}",
         "rollout.prompts_per_step=8",
         "rollout.group_size=8",
         "rollout.temperature=0.6",
@@ -278,8 +298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sft-size",
         type=int,
-        default=8,
-        help="teacher trajectories for the cold start (default: 8, one SFT step)",
+        default=32,
+        help="teacher trajectories for the cold start (default: 32, four SFT steps of 8)",
     )
     p.add_argument(
         "--sft-styles",
@@ -291,12 +311,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sft-epochs", type=int, default=1, help="SFT passes over the data (default: 1)"
     )
     p.add_argument("--rl-steps", type=int, default=6, help="GRPO steps (default: 6)")
-    p.add_argument("--quick", action="store_true", help="small numbers: a few minutes, noisier")
+    p.add_argument(
+        "--rl-word-prob",
+        type=float,
+        default=1.0,
+        help="share of word problems among the RL training questions (default: 1.0: the "
+        "part the cold start does not show)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a plumbing check in a few minutes (20 questions, 8 episodes, 2 RL steps): too "
+        "small to show the RL gain",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.quick:
         args.eval_size, args.sft_size, args.rl_steps = 20, 8, 2
     return args
+
+
+class Stages:
+    """Runs the stages in order, keeping each evaluation's metrics and every stage's time."""
+
+    def __init__(self, a: dict[str, Any], out: Path):
+        self.a, self.out = a, out
+        self.results: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+
+    def run(self, label: str, name: str, *args: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        r = run_stage(name, self.a, *args)
+        self.timings[label] = time.perf_counter() - t0
+        return r
+
+    def evaluate(self, label: str, model: str, folder: str) -> None:
+        say(f"[{label}] evaluating on {self.a['eval_size']} held-out questions (greedy)")
+        m = self.run(f"eval {label}", "eval", model, str(self.out / folder))
+        self.results[label] = {
+            **m,
+            "run": str(self.out / folder),
+            "time_s": self.timings[f"eval {label}"],
+        }
+        say(f"[{label}] accuracy {_with_ci(m, 'accuracy')} | tool-call rate "
+            f"{m['tool_call_rate']:.3f} | {_kinds_text(m['by_kind'])}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,39 +372,25 @@ def main(argv: list[str] | None = None) -> int:
         "argv": ["python", "-m", "trajlab.demo", *(argv if argv is not None else sys.argv[1:])],
     }
     base = str(resolve_model_dir(args.model))  # converts the default model once, here
-    results: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-
-    def timed(label: str, fn, *fargs):
-        t0 = time.perf_counter()
-        r = fn(*fargs)
-        timings[label] = time.perf_counter() - t0
-        return r
-
-    def evaluate(label: str, model: str, folder: str) -> None:
-        say(f"[{label}] evaluating on {args.eval_size} held-out questions (greedy)")
-        m = timed(f"eval {label}", run_stage, "eval", a, model, str(out / folder))
-        results[label] = {**m, "run": str(out / folder), "time_s": timings[f"eval {label}"]}
-        say(
-            f"[{label}] accuracy {_with_ci(m, 'accuracy')} | tool-call rate {m['tool_call_rate']:.3f}"
-        )
-
-    evaluate("base model", base, "eval_base")
+    st = Stages(a, out)
+    st.evaluate("base model", base, "eval_base")
     say(
         f"[cold start] scripted teacher + real sandbox on {args.sft_size} training questions "
         f"({', '.join(a['sft_styles'])}), then SFT (tool output masked)"
     )
-    sft_model = timed("sft", run_stage, "sft", a, base, str(out))["model_dir"]
-    evaluate("after SFT", sft_model, "eval_sft")
-    say(f"[rl] GRPO for {args.rl_steps} steps from the SFT model, real sandbox")
-    rl_model = timed("rl", run_stage, "rl", a, sft_model, str(out / "rl"))["model_dir"]
-    evaluate("after SFT + RL", rl_model, "eval_rl")
-
+    sft_model = st.run("sft", "sft", base, str(out))["model_dir"]
+    st.evaluate("after SFT", sft_model, "eval_sft")
+    say(
+        f"[rl] GRPO for {args.rl_steps} steps from the SFT model, real sandbox, on training "
+        f"questions that are {args.rl_word_prob:.0%} word problems"
+    )
+    rl_model = st.run("rl", "rl", sft_model, str(out / "rl"))["model_dir"]
+    st.evaluate("after SFT + RL", rl_model, "eval_rl")
     gains = {
         "sft": _gain(compare_runs(out / "eval_base", out / "eval_sft")),
         "rl": _gain(compare_runs(out / "eval_sft", out / "eval_rl")),
     }
-    report(args, out, results, timings, gains, time.perf_counter() - t_start)
+    report(args, out, st.results, st.timings, gains, time.perf_counter() - t_start)
     return 0
 
 
@@ -361,14 +405,19 @@ def report(
     """The per-stage table, the gains, demo_results.json and the commands that open the runs."""
     say("")
     say(f"held-out arith ({args.eval_size} questions, greedy), {args.model}, seed {args.seed}:")
-    say(f"  {'stage':<16} {'accuracy [95% interval]':>26} {'tool-call rate':>15} {'time':>7}")
+    say(
+        f"  {'stage':<16} {'accuracy [95% interval]':>26} {'tool-call rate':>15} {'time':>7}  right by kind"
+    )
     stage_time = {"base model": 0.0, "after SFT": timings["sft"], "after SFT + RL": timings["rl"]}
     for label, m in results.items():
         t = stage_time[label] + m["time_s"]
-        say(f"  {label:<16} {_with_ci(m, 'accuracy'):>26} {m['tool_call_rate']:>15.3f} {t:>6.0f}s")
+        say(f"  {label:<16} {_with_ci(m, 'accuracy'):>26} {m['tool_call_rate']:>15.3f} "
+            f"{t:>6.0f}s  {_kinds_text(m['by_kind'])}")  # fmt: skip
+    stages = list(results.values())
     say(
-        f"gains (paired over the same questions): cold start {_gain_text(gains['sft'])}; "
-        f"RL over SFT {_gain_text(gains['rl'])}"
+        f"gains (paired over the same questions): cold start {_gain_text(gains['sft'])}"
+        f"{_kinds_gain(stages[0], stages[1])}; RL over SFT {_gain_text(gains['rl'])}"
+        f"{_kinds_gain(stages[1], stages[2])}"
     )
     say(f"total {total / 60:.1f} min")
     summary = {
@@ -387,6 +436,17 @@ def report(
     runs = " ".join(str(out / d) for d in ("rl", "eval_base", "eval_sft", "eval_rl"))
     say(f"open it with: {cmd} view {runs}")
     say(f"compare two stages: {cmd} compare {out / 'eval_sft'} {out / 'eval_rl'}")
+
+
+def _kinds_text(by_kind: dict[str, list[int]]) -> str:
+    return ", ".join(f"{k} {right}/{n}" for k, (right, n) in by_kind.items())
+
+
+def _kinds_gain(before: dict[str, Any], after: dict[str, Any]) -> str:
+    parts = [
+        f"{k} {after['by_kind'][k][0] - right:+d}" for k, (right, _) in before["by_kind"].items()
+    ]
+    return f" ({', '.join(parts)})"
 
 
 def _with_ci(m: dict[str, Any], key: str) -> str:
