@@ -30,6 +30,7 @@ What this loop does not do: score trajectories (see rewards/) or batch across ca
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import traceback
@@ -49,6 +50,7 @@ from trajlab.agent.protocols import (
 )
 from trajlab.config import opt
 from trajlab.engines.base import Engine, Generation, SamplingParams
+from trajlab.progress import RolloutProgress
 from trajlab.tools.base import Tool, ToolResult, keeps_sessions, tool_schema
 from trajlab.types import Example, Segment, ToolCall, Trajectory
 
@@ -115,6 +117,9 @@ class AgentLoop:
     ) -> None:
         self.engine = engine
         self.tok = engine.tokenizer
+        # engines may report sampled tokens as they go (Engine.generate's on_tokens)
+        self._engine_reports_tokens = "on_tokens" in inspect.signature(engine.generate).parameters
+        self._progress: RolloutProgress | None = None
         self.config = config
         self.sampling = sampling or SamplingParams()
         self.protocol = get_protocol(config.protocol)
@@ -140,22 +145,30 @@ class AgentLoop:
 
     # -- public -------------------------------------------------------------
     def run(
-        self, jobs: Sequence[tuple[Example, int]], group_ids: Sequence[str] | None = None
+        self,
+        jobs: Sequence[tuple[Example, int]],
+        group_ids: Sequence[str] | None = None,
+        progress: RolloutProgress | None = None,
     ) -> list[Trajectory]:
-        """Roll out one trajectory per (example, sample_index) job, in the order given."""
-        episodes = [
-            self._start(ex, i, group_ids[k] if group_ids else ex.id)
-            for k, (ex, i) in enumerate(jobs)
-        ]
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
-            while True:
-                waiting = [e for e in episodes if not e.done and e.pending is None]
-                if not waiting:
-                    break
-                self._generate(waiting)
-                acting = [e for e in episodes if not e.done and e.pending is not None]
-                self._act(acting, pool)
+        """Roll out one trajectory per (example, sample_index) job, in the order given.
+        `progress`, when given, hears of every sampled token, tool call and ended episode."""
+        self._progress = progress
+        try:
+            episodes = [
+                self._start(ex, i, group_ids[k] if group_ids else ex.id)
+                for k, (ex, i) in enumerate(jobs)
+            ]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
+                while True:
+                    waiting = [e for e in episodes if not e.done and e.pending is None]
+                    if not waiting:
+                        break
+                    self._generate(waiting)
+                    acting = [e for e in episodes if not e.done and e.pending is not None]
+                    self._act(acting, pool)
+        finally:
+            self._progress = None
         for e in episodes:
             self._finish(e)
         log.debug("rolled out %d trajectories in %.1fs", len(episodes), time.perf_counter() - t0)
@@ -206,8 +219,18 @@ class AgentLoop:
                 if self.sampling.seed is None
                 else self.sampling.seed + 7919 * group[0].turns,
             )
+            progress = self._progress
+            live = (
+                {"on_tokens": progress.add_tokens}
+                if progress and self._engine_reports_tokens
+                else {}
+            )
             try:
-                gens = self.engine.generate([e.ids for e in group], params, stop=list(stops))
+                gens = self.engine.generate(
+                    [e.ids for e in group], params, stop=list(stops), **live
+                )
+                if progress is not None and not live:
+                    progress.add_tokens(sum(len(g.token_ids) for g in gens))
                 if len(gens) != len(group):
                     raise RuntimeError(
                         f"engine returned {len(gens)} generations for {len(group)} prompts"
@@ -293,12 +316,17 @@ class AgentLoop:
                 continue
             tool = e.sessions.get(action.tool) or self.tools[action.tool]
             futures.append((e, action, pool.submit(_timed_run, tool, action.args), None))
+        running = sum(fut is not None for _, _, fut, _ in futures)
+        if self._progress is not None and running:
+            self._progress.tools_started(running)
         for e, action, fut, result in futures:
             e.pending = None
             if fut is not None:
                 try:
                     result = fut.result()
+                    self._tool_done()
                 except Exception as exc:  # the tool itself broke: end this episode only
+                    self._tool_done()
                     e.traj.tool_calls.append(
                         ToolCall(
                             action.tool or "?",
@@ -374,7 +402,14 @@ class AgentLoop:
         # Base models without a chat template: plain text, system text first.
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
+    def _tool_done(self) -> None:
+        if self._progress is not None:
+            self._progress.tools_finished()
+
     def _end(self, e: _Episode, reason: str, error: str | None = None) -> None:
+        if self._progress is not None and not e.done:
+            model = sum(len(s.token_ids) for s in e.traj.segments if s.source == "model")
+            self._progress.episodes_finished(1, model)
         e.done = True
         e.pending = None
         e.traj.stop_reason = reason

@@ -13,7 +13,7 @@ trainer recomputes, so sampling and training logprobs agree up to float error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -73,7 +73,11 @@ class Engine(Protocol):
         prompts: Sequence[Sequence[int]],
         params: SamplingParams,
         stop: Sequence[str] = (),
+        on_tokens: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         """Continue each prompt. Each sequence stops on its own at the first completed
-        stop string (the token that completes it is kept), at EOS, or at max_new_tokens."""
+        stop string (the token that completes it is kept), at EOS, or at max_new_tokens.
+        `on_tokens(n)`, when given, is called as tokens are sampled (n since the last
+        call), so a long batch shows progress; an engine may leave the parameter out, and
+        the agent loop then reports its tokens per turn instead."""
         ...

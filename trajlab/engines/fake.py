@@ -55,11 +55,14 @@ class FakeEngine:
         prompts: Sequence[Sequence[int]],
         params: SamplingParams,
         stop: Sequence[str] = (),
+        on_tokens: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         out = []
         for prompt in prompts:
             self.requests.append(list(prompt))
             out.append(self._one(list(prompt), self._next_text(prompt), params, stop))
+            if on_tokens is not None:
+                on_tokens(len(out[-1].token_ids))
         return out
 
     def _one(

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +116,7 @@ class HFEngine:
         prompts: Sequence[Sequence[int]],
         params: SamplingParams,
         stop: Sequence[str] = (),
+        on_tokens: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 62
         for i, p in enumerate(prompts):
@@ -141,7 +142,7 @@ class HFEngine:
         for s in range(0, len(order), self.max_batch_size):
             chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
             prompt_ids = [tuple(prompts[q.index]) for q in chunk]
-            self._decode_batch(model, prompt_ids, chunk, params, list(stop))
+            self._decode_batch(model, prompt_ids, chunk, params, list(stop), on_tokens)
         return [self._to_generation(q) for q in seqs]
 
     # -- the decode loop ---------------------------------------------------------
@@ -153,6 +154,7 @@ class HFEngine:
         seqs: list[_Sequence],
         params: SamplingParams,
         stop: list[str],
+        on_tokens: Callable[[int], None] | None = None,
     ) -> None:
         from transformers import DynamicCache
 
@@ -178,6 +180,8 @@ class HFEngine:
         live = list(seqs)
         while True:
             tokens, logprobs = _pick(logits, params, [q.rng for q in live])  # [b], [b]
+            if on_tokens is not None:
+                on_tokens(len(live))
             picked = zip(live, tokens.tolist(), logprobs.tolist())
             keep = [j for j, (q, t, lp) in enumerate(picked) if not self._append(q, t, lp, stop)]
             if not keep:

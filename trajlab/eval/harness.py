@@ -28,6 +28,7 @@ from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.config import ConfigError, opt, to_dict
 from trajlab.engines.base import Engine, SamplingParams
 from trajlab.eval.metrics import compute_metrics
+from trajlab.progress import RolloutProgress
 from trajlab.rundir import start_or_resume, update_run_json
 from trajlab.tools.base import Tool
 from trajlab.tools.config import ToolsConfig
@@ -249,26 +250,26 @@ def _report(
 def _roll_out(
     loop: AgentLoop, jobs: list[tuple[Example, int]], scorer: Scorer, path: Path, config: EvalConfig
 ) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=len(jobs), desc="eval", unit="traj", disable=not config.progress, dynamic_ncols=True
+    progress = RolloutProgress(
+        len(jobs),
+        desc="eval",
+        tokens_per_episode=config.agent.max_new_tokens,
+        enabled=config.progress,
     )
     correct = 0
     seen = 0
     try:
         for start in range(0, len(jobs), config.batch_size):
             chunk = jobs[start : start + config.batch_size]
-            trajs = loop.run(chunk)
+            trajs = loop.run(chunk, progress=progress)
             for (ex, _), t in zip(chunk, trajs):
                 scorer(ex, t)
                 correct += t.metadata["correct"]
                 seen += 1
             write_jsonl(path, trajs, append=True)
-            bar.update(len(chunk))
-            bar.set_postfix(acc=f"{correct / seen:.3f}")
+            progress.set(acc=f"{correct / seen:.3f}")
     finally:
-        bar.close()
+        progress.close()
 
 
 def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) -> Engine:

@@ -89,6 +89,7 @@ from trajlab.models import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
+from trajlab.progress import RolloutProgress
 from trajlab.rewards.scorer import Scorer
 from trajlab.rundir import start_or_resume, update_run_json
 from trajlab.train.checkpoint import (
@@ -272,7 +273,16 @@ def collect_batch(
         ]
         run.loop.sampling = rollout_sampling(cfg, step, rnd)
         run.model.eval()
-        new = run.loop.run(jobs, group_ids=keys)
+        progress = RolloutProgress(
+            len(jobs),
+            desc=f"step {step} rollout" + (f" (round {rnd + 1})" if rnd else ""),
+            tokens_per_episode=cfg.agent.max_new_tokens,
+            enabled=cfg.log.progress,
+        )
+        try:
+            new = run.loop.run(jobs, group_ids=keys, progress=progress)
+        finally:
+            progress.close()
         timings["rollout"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
