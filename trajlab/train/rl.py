@@ -539,19 +539,12 @@ def update_policy(
             if denom is None or not live:
                 continue  # nothing trainable in this mini-batch: no step
             run.optimizer.zero_grad(set_to_none=True)
-            live_rows = [mb[k] for k in live]
-            for micro_idx in micro_batches_idx(live_rows, cfg.algo.micro_batch_size):
-                micro = [live_rows[i] for i in micro_idx]
-                adv = advantages[[idx[live[i]] for i in micro_idx]]  # [B]
-                out, lp = micro_loss(run, micro, adv, denom)
-                out.loss.backward()
-                w = float(sum(r.loss_mask.sum() for r in micro))
-                stats.append((w, out.stats))
-                trained_tokens += w
-                forwarded += len(micro)
-                if run.on_policy:  # ratio-1 pass: these are the pre-update logprobs
-                    for k, r in enumerate(micro):
-                        r.old_logprobs = lp[k, : len(r.ids)].detach().float()
+            live_adv = advantages[[idx[k] for k in live]]  # [live]
+            tokens, rows_in = accumulate_gradients(
+                run, [mb[k] for k in live], live_adv, denom, stats
+            )
+            trained_tokens += tokens
+            forwarded += rows_in
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(run.trainable, max_norm)
             grad_norms.append(float(norm))
@@ -570,6 +563,26 @@ def update_policy(
     out["lr"] = run.scheduler.get_last_lr()[0]
     out.update(mismatch_metrics(rows))
     return out
+
+
+def accumulate_gradients(
+    run: Run, rows: list[Row], advantages: torch.Tensor, denom: float, stats: list
+) -> tuple[float, int]:
+    """Forward and backward every micro-batch of one mini-batch (the gradients add up);
+    appends (tokens, loss stats) per micro-batch to `stats`; returns (tokens, rows)."""
+    tokens, forwarded = 0.0, 0
+    for micro_idx in micro_batches_idx(rows, run.config.algo.micro_batch_size):
+        micro = [rows[i] for i in micro_idx]
+        out, lp = micro_loss(run, micro, advantages[micro_idx], denom)  # advantages: [B]
+        out.loss.backward()
+        w = float(sum(r.loss_mask.sum() for r in micro))
+        stats.append((w, out.stats))
+        tokens += w
+        forwarded += len(micro)
+        if run.on_policy:  # ratio-1 pass: these are the pre-update logprobs
+            for k, r in enumerate(micro):
+                r.old_logprobs = lp[k, : len(r.ids)].detach().float()
+    return tokens, forwarded
 
 
 def rows_with_signal(
