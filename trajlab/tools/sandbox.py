@@ -405,8 +405,7 @@ def _covers(path: str, binds: list[str]) -> bool:
 
 
 _ETC = (
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
-    "host.conf", "passwd", "group", "os-release", "mime.types", "ssl", "alternatives",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "host.conf", "passwd", "group", "os-release", "mime.types", "ssl", "alternatives",
     "protocols", "services", "gai.conf", "fonts", "matplotlibrc",
 )  # fmt: skip
 

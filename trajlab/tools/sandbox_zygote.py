@@ -665,6 +665,8 @@ def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
         os.symlink(target, os.path.join(root, "dev", name))
+    with open(os.path.join(root, "etc", "hosts"), "w") as f:  # the host's names the host
+        f.write("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
     for path in list(binds) + list(etc):
         if not os.path.exists(path):
             continue

@@ -1,0 +1,48 @@
+"""What a sandbox can learn about the host it runs on. The network identity is the
+sandbox's own (hostname "sandbox", an /etc/hosts that names only localhost) and nothing a
+program reads there names the host machine."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from trajlab.tools.sandbox import SandboxConfig, SandboxPool
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = SandboxPool(SandboxConfig(slots=1, timeout_s=5, preload=(), allow_insecure=True))
+    caps = p.capabilities()
+    if not (caps.holds("minimal_root") and caps.holds("net_namespace")):
+        p.close()
+        pytest.skip("needs the minimal root and a network namespace (self-check)")
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "print(open('/etc/hosts').read())",
+        "import socket\nprint(socket.gethostname())",
+        "import os\nprint(os.uname().nodename)",
+        "print(open('/proc/sys/kernel/hostname').read())",
+        "import socket\nprint(socket.getfqdn())",
+    ],
+    ids=["etc-hosts", "gethostname", "uname", "proc-hostname", "fqdn"],
+)
+def test_the_host_name_is_not_visible(pool, code):
+    host = socket.gethostname()
+    r = pool.run(code)
+    assert r.ok, r.stderr
+    assert not re.search(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", r.stdout), r.stdout
+
+
+def test_localhost_still_resolves(pool):
+    r = pool.run("import socket\nprint(socket.gethostbyname('localhost'))")
+    assert r.stdout == "127.0.0.1\n", r.stderr
