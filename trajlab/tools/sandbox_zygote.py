@@ -519,7 +519,14 @@ _DENY_SYSCALLS = (
     "mount_setattr", "open_by_handle_at", "name_to_handle_at", "pidfd_getfd", "acct", "swapon",
     "swapoff", "reboot", "syslog", "quotactl", "vhangup", "iopl", "ioperm", "lookup_dcookie",
     "uselib", "kcmp", "add_key",
+    # File locks and change watches work across every process that sees the same file, so
+    # on the host files bound into each sandbox (the venv) they are a channel between runs
+    # and to the host; a sandbox gets EPERM for flock, record locks and inotify.
+    "flock", "inotify_init", "inotify_init1",
 )  # fmt: skip
+# fcntl commands that set, test or lease locks: F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK,
+# F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_GETLEASE
+_LOCK_FCNTLS = (5, 6, 7, 36, 37, 38, 1024, 1025)
 _CLONE_NS_BITS = (
     CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP,
 )  # fmt: skip
@@ -556,6 +563,8 @@ def build_seccomp(allow_inet: bool):
         skipped.append("clone3")
     for req in (TIOCSTI, TIOCLINUX):
         f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
+    for cmd in _LOCK_FCNTLS:
+        f.add_rule(eperm, "fcntl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, cmd))
     return f, skipped
 
 
