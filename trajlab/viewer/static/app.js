@@ -236,7 +236,7 @@
     const c = await api("/api/compare", { a: ra, b: rb });
     app.append(h("div", { class: "crumbs" }, h("a", { href: "#/" }, "Runs"), " \u203a compare runs"));
     app.append(h("h1", {}, `${c.b_name} vs ${c.a_name}`));
-    app.append(h("p", { class: "muted" }, `A: ${c.a}`, h("br", {}), `B: ${c.b}`, h("br", {}),
+    app.append(h("p", { class: "muted" }, `A: ${c.a_name}`, h("br", {}), `B: ${c.b_name}`, h("br", {}),
       `${c.shared} shared examples (only in A: ${c.only_a}, only in B: ${c.only_b}); ${Math.round(c.level * 100)} % paired bootstrap interval of B \u2212 A over ${c.n_boot} resamples of the shared examples.`));
     const t = h("table", { class: "grid", id: "compare-runs" },
       h("tr", {}, ["metric", "A", "B", "B \u2212 A", "interval", "verdict"].map((x) => h("th", {}, x))));
