@@ -4,6 +4,7 @@ program reads there names the host machine."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 
@@ -41,6 +42,16 @@ def test_the_host_name_is_not_visible(pool, code):
     r = pool.run(code)
     assert r.ok, r.stderr
     assert not re.search(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", r.stdout), r.stdout
+
+
+def test_own_cgroup_is_the_root_of_a_cgroup_namespace(pool):
+    if not pool.capabilities().holds("cgroup"):
+        pytest.skip("needs the cgroup layer (self-check)")
+    code = "print(open('/proc/self/cgroup').read())"
+    for out in (pool.run(code).stdout, pool.session().run(code).stdout):
+        lines = [ln for ln in out.splitlines() if ln]
+        assert lines and all(ln.endswith(":/") for ln in lines), out  # no pool or trainer pid
+        assert "pool-" not in out and str(os.getpid()) not in out
 
 
 def test_localhost_still_resolves(pool):

@@ -299,6 +299,25 @@ def test_assess_names_the_failing_layer(change, failed, detail):
     assert all(caps.layers[k].fix for k in failed)
 
 
+def test_assess_cgroup_seen_from_inside_a_cgroup_namespace():
+    probe = {**_holding_probe(), "cgroup": "4:memory:/\n8:pids:/\n0::/\n"}
+    assert not _assess(probe).holds("cgroup")  # "/" alone proves nothing
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(
+        config=SandboxConfig(),
+        _uids=SimpleNamespace(first=70000),
+        python="/usr/bin/python3",
+        _cg_kind="v1",
+        uids=lambda: [70000, 70001],
+    )
+    info = {"landlock_abi": 3, "cgroup": "4:memory:/trajlab/pool-9-ab/slot1\n0::/\n"}
+    slot = SimpleNamespace(index=1, unit={"kind": "v1"}, info=info)
+    assert sb._assess(probe, pool, slot).holds("cgroup")  # the zygote joined slot1
+    slot.info = {**info, "cgroup": "4:memory:/trajlab/pool-9-ab/slot2\n"}
+    assert not sb._assess(probe, pool, slot).holds("cgroup")
+
+
 def test_assess_loopback_counts_the_seccomp_layer_as_the_socket_filter():
     caps = _assess({**_holding_probe(), "inet_socket": "created"}, allow_loopback=True)
     assert caps.holds("seccomp_socket_filter")

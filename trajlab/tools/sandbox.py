@@ -1194,7 +1194,12 @@ def _check_minimal_root(x: _Probe) -> Layer:
 
 def _check_cgroup(x: _Probe) -> Layer:
     s, cfg, kind = x.slot, x.cfg, x.pool._cg_kind
-    ok = bool(s.unit) and "cgroup_error" not in s.info and f"slot{s.index}" in x.p.get("cgroup", "")
+    inside, slot = x.p.get("cgroup", ""), f"slot{s.index}"
+    # Inside a cgroup namespace the sandbox sees its cgroup as the root ("0::/" on v2, "N:ctrl:/"
+    # on v1); the namespace was made by a child of the zygote, which joined the slot's cgroup.
+    at_ns_root = bool(inside) and all(ln.endswith(":/") for ln in inside.splitlines() if ln)
+    member = slot in inside or (at_ns_root and slot in s.info.get("cgroup", ""))
+    ok = bool(s.unit) and "cgroup_error" not in s.info and member
     err = f" ({s.info['cgroup_error']})" if s.info.get("cgroup_error") else ""
     return Layer(
         ok,

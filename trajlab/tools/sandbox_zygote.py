@@ -302,6 +302,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP = 0x02000000
 NS_FLAGS = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+NS_FLAGS |= CLONE_NEWCGROUP  # after the cgroup join: /proc/self/cgroup then reads "0::/"
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -958,7 +959,7 @@ def _fast_main(job: Job) -> None:
             steps("cgroup", _write_text, os.path.join(d, "cgroup.procs"), "0")
     steps("oom_score_adj", _write_text, "/proc/self/oom_score_adj", "1000")
     proc_dir = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
     template = z.mnt_template if lay["minimal_root"] and z.root_ready else -1
     if template >= 0:  # a private copy of the zygote's ready-made minimal root
         ns = lay["namespaces"] and steps("namespaces", _enter_template, template, flags)
@@ -1336,6 +1337,7 @@ class Zygote:
             try:
                 for d in self.unit["dirs"].values():
                     _write_text(os.path.join(d, "cgroup.procs"), str(self.pid))
+                info["cgroup"] = _read("/proc/self/cgroup")  # sandboxes see only "/" of it
             except OSError as e:
                 info["cgroup_error"] = f"{type(e).__name__}: {e}"
                 self.unit = None
