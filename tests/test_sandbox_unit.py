@@ -254,7 +254,7 @@ def _holding_probe() -> dict:
     }
 
 
-def _assess(probe: dict, **cfg):
+def _assess(probe: dict, slot_info: dict | None = None, **cfg):
     from types import SimpleNamespace
 
     pool = SimpleNamespace(
@@ -264,7 +264,8 @@ def _assess(probe: dict, **cfg):
         _cg_kind="v2",
         uids=lambda: [70000, 70001],
     )
-    slot = SimpleNamespace(index=1, unit={"kind": "v2"}, info={"landlock_abi": 3})
+    info = {"landlock_abi": 3, **(slot_info or {})}
+    slot = SimpleNamespace(index=1, unit={"kind": "v2"}, info=info)
     return sb._assess(probe, pool, slot)
 
 
@@ -302,20 +303,10 @@ def test_assess_names_the_failing_layer(change, failed, detail):
 def test_assess_cgroup_seen_from_inside_a_cgroup_namespace():
     probe = {**_holding_probe(), "cgroup": "4:memory:/\n8:pids:/\n0::/\n"}
     assert not _assess(probe).holds("cgroup")  # "/" alone proves nothing
-    from types import SimpleNamespace
-
-    pool = SimpleNamespace(
-        config=SandboxConfig(),
-        _uids=SimpleNamespace(first=70000),
-        python="/usr/bin/python3",
-        _cg_kind="v1",
-        uids=lambda: [70000, 70001],
-    )
-    info = {"landlock_abi": 3, "cgroup": "4:memory:/trajlab/pool-9-ab/slot1\n0::/\n"}
-    slot = SimpleNamespace(index=1, unit={"kind": "v1"}, info=info)
-    assert sb._assess(probe, pool, slot).holds("cgroup")  # the zygote joined slot1
-    slot.info = {**info, "cgroup": "4:memory:/trajlab/pool-9-ab/slot2\n"}
-    assert not sb._assess(probe, pool, slot).holds("cgroup")
+    joined = {"cgroup": "4:memory:/trajlab/pool-9-ab/slot1\n0::/\n"}  # the zygote, in slot1
+    assert _assess(probe, slot_info=joined).holds("cgroup")
+    elsewhere = {"cgroup": "4:memory:/trajlab/pool-9-ab/slot2\n"}
+    assert not _assess(probe, slot_info=elsewhere).holds("cgroup")
 
 
 def test_assess_loopback_counts_the_seccomp_layer_as_the_socket_filter():
