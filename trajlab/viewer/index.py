@@ -600,6 +600,9 @@ class RunIndex:
         return out
 
     def page(self, flt: Filters, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        # The status first: indexing may finish while the page is built, and a status taken
+        # after it could then say "complete" over a total counted before the last rows.
+        status = self.status()
         idx = self.select(flt)
         offset = max(0, offset)
         limit = max(1, min(limit, 500))
@@ -608,7 +611,7 @@ class RunIndex:
             "offset": offset,
             "limit": limit,
             "rows": self.rows(idx[offset : offset + limit]),
-            "index": self.status(),
+            "index": status,
         }
 
     def read(self, ref: str) -> dict[str, Any]:

@@ -111,8 +111,8 @@ class ViewerApp:
         # While a big file is still being indexed, wait (briefly) until this page is full.
         deadline = time.perf_counter() + FIRST_PAGE_WAIT_S
         while True:
-            complete = idx.status()["complete"]
-            page = idx.page(flt, offset, limit)
+            page = idx.page(flt, offset, limit)  # its status was read before its rows
+            complete = page["index"]["complete"]
             if complete or page["total"] >= offset + limit or time.perf_counter() > deadline:
                 return clean(page)
             time.sleep(0.05)
