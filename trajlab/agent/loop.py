@@ -220,16 +220,13 @@ class AgentLoop:
                 else self.sampling.seed + 7919 * group[0].turns,
             )
             progress = self._progress
-            live = (
-                {"on_tokens": progress.add_tokens}
-                if progress and self._engine_reports_tokens
-                else {}
-            )
+            report = progress is not None and self._engine_reports_tokens
+            hook = {"on_tokens": progress.add_tokens} if report else {}
             try:
                 gens = self.engine.generate(
-                    [e.ids for e in group], params, stop=list(stops), **live
+                    [e.ids for e in group], params, stop=list(stops), **hook
                 )
-                if progress is not None and not live:
+                if progress is not None and not report:
                     progress.add_tokens(sum(len(g.token_ids) for g in gens))
                 if len(gens) != len(group):
                     raise RuntimeError(
@@ -324,9 +321,7 @@ class AgentLoop:
             if fut is not None:
                 try:
                     result = fut.result()
-                    self._tool_done()
                 except Exception as exc:  # the tool itself broke: end this episode only
-                    self._tool_done()
                     e.traj.tool_calls.append(
                         ToolCall(
                             action.tool or "?",
@@ -358,6 +353,8 @@ class AgentLoop:
                 )
             )
             self._append_observation(e, action.tool or "?", result.output)
+        if self._progress is not None and running:
+            self._progress.tools_finished(running)
 
     # -- helpers ---------------------------------------------------------------
     def _final_turn(self, e: _Episode) -> bool:
@@ -402,14 +399,9 @@ class AgentLoop:
         # Base models without a chat template: plain text, system text first.
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
-    def _tool_done(self) -> None:
-        if self._progress is not None:
-            self._progress.tools_finished()
-
     def _end(self, e: _Episode, reason: str, error: str | None = None) -> None:
         if self._progress is not None and not e.done:
-            model = sum(len(s.token_ids) for s in e.traj.segments if s.source == "model")
-            self._progress.episodes_finished(1, model)
+            self._progress.episodes_finished(1, e.traj.num_model_tokens)
         e.done = True
         e.pending = None
         e.traj.stop_reason = reason

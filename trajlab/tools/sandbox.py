@@ -405,8 +405,8 @@ def _covers(path: str, binds: list[str]) -> bool:
 
 
 _ETC = (
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "host.conf", "passwd", "group", "os-release", "mime.types", "ssl", "alternatives",
-    "protocols", "services", "gai.conf", "fonts", "matplotlibrc",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "host.conf",
+    "passwd", "group", "os-release", "mime.types", "ssl", "alternatives", "protocols", "services", "gai.conf", "fonts", "matplotlibrc",
 )  # fmt: skip
 
 
@@ -545,7 +545,7 @@ class SandboxPool:
                 f"stdin is {len(stdin)} bytes; SandboxConfig.max_stdin_bytes is "
                 f"{self.config.max_stdin_bytes}"
             )
-        rejected = self._reject(code)
+        rejected = self.check_code(code)
         if rejected:
             return rejected
         slot = self._acquire()
@@ -823,7 +823,8 @@ class SandboxPool:
             log.warning("sandbox: %s", caps.layers["interpreter_usable"].fix)
 
     # -- requests -----------------------------------------------------------------------
-    def _reject(self, code: str) -> SandboxResult | None:
+    def check_code(self, code: str) -> SandboxResult | None:
+        """The error result for code over max_code_bytes, else None."""
         n = len(code.encode("utf-8", errors="surrogatepass"))
         if n > self.config.max_code_bytes:
             msg = f"code is {n} bytes; the limit is {self.config.max_code_bytes} bytes"
@@ -898,10 +899,6 @@ class SandboxPool:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def check_code(self, code: str) -> SandboxResult | None:
-        """The error result for code over max_code_bytes, else None."""
-        return self._reject(code)
 
     def open_session(self) -> tuple[_Slot, str]:
         """Start a session process on the slot with the fewest; returns (slot, session id)."""
