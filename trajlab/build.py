@@ -17,6 +17,7 @@ What it does not do: run anything, or read YAML (trajlab.config does).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -107,6 +108,54 @@ def build_engine(
     )
 
 
+def check_tools(
+    names: Sequence[str],
+    protocol: str,
+    plugins: Mapping[str, str] | None = None,
+    config: Any = None,
+) -> None:
+    """Unknown tool names, tools the protocol has no call syntax for, and tool settings
+    that cannot start the tool (ToolSpec.check on its section of the ToolsConfig `config`)
+    fail here, before any model loads or tool starts."""
+    from trajlab.agent.protocols import NativeProtocol, get_protocol
+    from trajlab.tools import TOOLS
+
+    known = [*TOOLS, *(plugins or {})]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"agent.tools: unknown tool {name!r}.{hint} Available: {', '.join(known)} "
+                "(or map a name to 'module:factory' in tool_plugins)"
+            )
+    for name in names:
+        if name in TOOLS and name not in (plugins or {}) and config is not None:
+            try:
+                TOOLS[name].check(config)
+            except ValueError as e:
+                raise ConfigError(f"tools.{name}: {e}") from None
+    proto = get_protocol(protocol)
+    if isinstance(proto, NativeProtocol):
+        return
+    unusable = [n for n in names if n not in proto.tools()]
+    if unusable:
+        callers = [
+            p for p, v in _protocols().items() if all(n in getattr(v, "tools", list)() for n in names)
+        ]
+        raise ConfigError(
+            f"agent.protocol: {protocol!r} has no call syntax for {', '.join(unusable)} (it "
+            f"calls {', '.join(proto.tools()) or 'no tool'}). Protocols that can call "
+            f"{', '.join(names)}: {', '.join(callers) or 'none'}; native calls any tool."
+        )
+
+
+def _protocols() -> dict[str, Any]:
+    from trajlab.agent.protocols import PROTOCOLS
+
+    return {n: p for n, p in PROTOCOLS.items() if n != "native"}
+
+
 def build_tools(
     names: Sequence[str],
     agent: Any,
@@ -128,9 +177,7 @@ def build_tools(
                 tools[name] = _plugin(name, plugins[name])()
                 continue
             if name not in TOOLS:
-                raise ConfigError(
-                    f"unknown tool {name!r} in agent.tools; available: {', '.join(TOOLS)}"
-                )
+                check_tools([name], "native", plugins)  # raises, naming the close match
             try:
                 tools[name] = TOOLS[name](
                     config=config, tokenizer=tokenizer, protocol=agent.protocol

@@ -47,6 +47,15 @@ def opt(
     return field(default=default, metadata=meta, **kw)
 
 
+def at_least(obj: Any, **minimums: float) -> None:
+    """Raise ValueError for the first field of `obj` below its minimum, naming the field
+    (from_dict prefixes its section): at_least(self, group_size=1, lr=0)."""
+    for name, lo in minimums.items():
+        value = getattr(obj, name)
+        if value < lo:
+            raise ValueError(f"{name} must be >= {lo:g}, got {value}")
+
+
 def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
@@ -151,7 +160,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     except (ValueError, TypeError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+        message = str(e)
+        if message.split(" ", 1)[0] in known:  # "lr must be > 0" -> "optim.lr must be > 0"
+            raise ConfigError(prefix + message) from None
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {message}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -246,6 +247,42 @@ def resolve_model_dir(spec: str | Path, log: Log = _stderr) -> Path:
     return path
 
 
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def check_model_spec(spec: str | Path, what: str = "model") -> None:
+    """Fail now, before anything is loaded or written, when `spec` cannot be a model:
+    'default' without its package, a missing path, a file that is not .gguf, or a
+    directory without config.json, weights or tokenizer files. `what` names the field
+    in the message. Converts nothing and reads no weights."""
+    if str(spec) == DEFAULT_SPEC:
+        find_default_gguf()
+        return
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return
+        resolve_model_dir(spec)  # raises the message for a missing path or a wrong file
+        return
+    if not (path / "config.json").is_file():
+        resolve_model_dir(spec)
+    if not any(any(path.glob(g)) for g in _WEIGHT_GLOBS):
+        raise ModelNotFoundError(
+            f"{what}: {path} has a config.json but no weights (*.safetensors or "
+            "pytorch_model*.bin). Pass the directory a model was saved to with "
+            "save_pretrained (trajlab sft writes OUT/model, trajlab train "
+            "OUT/checkpoints/step_N/model)."
+        )
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelNotFoundError(
+            f"{what}: {path} has weights but no tokenizer (none of "
+            f"{', '.join(_TOKENIZER_FILES)}). Copy the tokenizer of the model it came from "
+            "into it, e.g. python -c \"from transformers import AutoTokenizer; "
+            f"AutoTokenizer.from_pretrained('BASE_DIR').save_pretrained('{path}')\"."
+        )
+
+
 DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -282,6 +319,23 @@ def load_tokenizer(spec: str | Path, log: Log = _stderr):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """A short hash of a tokenizer's vocabulary (every token and its id, added tokens
+    included): equal for copies of one tokenizer, different for two tokenizers that
+    merely share a vocabulary size. Trajectories record it, so SFT can refuse token ids
+    that would mean other text under the model's tokenizer."""
+    cached = getattr(tok, "_trajlab_fingerprint", None)
+    if cached:
+        return cached
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+    try:
+        tok._trajlab_fingerprint = digest
+    except AttributeError:
+        pass
+    return digest
 
 
 def native_bf16() -> bool:

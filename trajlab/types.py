@@ -244,11 +244,17 @@ def iter_jsonl(path: str | Path) -> Iterator[Trajectory]:
         if not line.strip():
             continue
         try:
-            yield Trajectory.from_json(line)
+            traj = Trajectory.from_json(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 and not line.endswith("\n"):
                 return  # torn final write from a killed run
-            raise ValueError(f"{path}:{i + 1}: not a valid trajectory record") from None
+            raise ValueError(f"{path}:{i + 1}: not valid JSON, so not a trajectory") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(
+                f"{path}:{i + 1}: not a trajectory record ({type(e).__name__}: {e}); "
+                "trajectories are the trajectories.jsonl of a trajlab run, not task rows"
+            ) from None
+        yield traj
 
 
 def read_jsonl(path: str | Path) -> list[Trajectory]:

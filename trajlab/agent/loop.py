@@ -48,7 +48,7 @@ from trajlab.agent.protocols import (
     get_protocol,
     truncate_observation,
 )
-from trajlab.config import opt
+from trajlab.config import at_least, opt
 from trajlab.engines.base import Engine, Generation, SamplingParams
 from trajlab.progress import RolloutProgress
 from trajlab.tools.base import Tool, ToolResult, keeps_sessions, tool_schema
@@ -82,6 +82,7 @@ class AgentConfig:
         ):
             if getattr(self, name) < lo:
                 raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        at_least(self, max_context=0, observation_max_chars=0, tool_threads=1)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class AgentLoop:
 
         self.prompt_builder = prompt_builder
         self.max_context = config.max_context or _model_context(engine)
+        self._tokenizer_id = _fingerprint(self.tok)
         if isinstance(self.protocol, NativeProtocol) and self.tools:
             _check_template_supports_tools(self.tok, self._schemas())
 
@@ -425,7 +427,19 @@ class AgentLoop:
             response_tokens=e.response_len,
             model_tokens=e.traj.num_model_tokens,
             protocol=self.config.protocol,
+            reference=e.example.answer if e.example.answer is not None else e.example.answers,
         )
+        if self._tokenizer_id:
+            md["tokenizer"] = self._tokenizer_id
+
+
+def _fingerprint(tok: Any) -> str:
+    """The tokenizer's fingerprint (trajlab.models) when it has a vocabulary, else ''."""
+    if not hasattr(tok, "get_vocab"):
+        return ""
+    from trajlab.models import tokenizer_fingerprint
+
+    return tokenizer_fingerprint(tok)
 
 
 def _timed_run(tool: Tool, args: dict[str, Any]) -> ToolResult:

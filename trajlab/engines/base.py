@@ -20,6 +20,21 @@ from typing import Protocol, runtime_checkable
 FINISH_REASONS = ("stop", "eos", "length")
 
 
+def check_sampling(temperature: float, top_p: float, auto: float | None = None) -> None:
+    """Raise ValueError naming the field when a temperature or top_p cannot be meant:
+    a negative temperature (other than `auto`, a config's "pick for me" value), a
+    non-finite one, or top_p outside (0, 1]."""
+    import math
+
+    if not math.isfinite(temperature) or (temperature < 0 and temperature != auto):
+        also = f", or {auto:g} for the default" if auto is not None else ""
+        raise ValueError(
+            f"temperature must be >= 0 (0 is greedy, > 0 samples{also}), got {temperature}"
+        )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 turns nucleus sampling off), got {top_p}")
+
+
 @dataclass
 class SamplingParams:
     """How to sample. temperature 0 means greedy."""
@@ -31,10 +46,7 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(self.temperature, self.top_p)
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_new_tokens < 1:

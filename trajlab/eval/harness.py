@@ -26,16 +26,17 @@ from typing import Any
 
 from trajlab.agent.loop import AgentConfig, AgentLoop
 from trajlab.config import ConfigError, opt, to_dict
-from trajlab.engines.base import Engine, SamplingParams
+from trajlab.engines.base import Engine, SamplingParams, check_sampling
 from trajlab.eval.metrics import compute_metrics
 from trajlab.progress import RolloutProgress
-from trajlab.rundir import start_or_resume, update_run_json
+from trajlab.rundir import failure_recorded, read_run_json, start_or_resume, update_run_json
 from trajlab.tools.base import Tool
 from trajlab.tools.config import ToolsConfig
 from trajlab.types import Example, Trajectory, iter_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
+AUTO_TEMPERATURE = -1.0  # the temperature that means "0 for n=1, else 1.0"
 # Keys that may change between an interrupted run and its resumption.
 _RESUMABLE_KEYS = {"out", "batch_size", "progress"}
 
@@ -76,7 +77,8 @@ class EvalConfig:
         "else the first reward > 0)",
     )
     temperature: float = opt(
-        -1.0, "sampling temperature; -1 picks 0 (greedy) for n=1 and 1.0 for n>1"
+        AUTO_TEMPERATURE,
+        "sampling temperature, 0 for greedy; -1 (the default) picks 0 for n=1 and 1.0 for n>1",
     )
     top_p: float = opt(1.0, "nucleus sampling threshold")
     top_k: int = opt(0, "top-k sampling (0: off)")
@@ -106,11 +108,14 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.temperature < 0:
+        for name, lo in (("n", 1), ("batch_size", 1), ("limit", 0), ("top_k", 0)):
+            if getattr(self, name) < lo:
+                raise ValueError(
+                    f"{name} must be >= {lo}, got {getattr(self, name)}"
+                    + (" (0 evaluates all examples)" if name == "limit" else "")
+                )
+        check_sampling(self.temperature, self.top_p, auto=AUTO_TEMPERATURE)
+        if self.temperature == AUTO_TEMPERATURE:
             self.temperature = 0.0 if self.n == 1 else 1.0
 
     def sampling(self) -> SamplingParams:
@@ -144,53 +149,89 @@ def evaluate(
     scorer: Scorer | None = None,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run an evaluation end to end and return its metrics. Seams are injectable for tests."""
+    """Run an evaluation end to end and return its metrics. Seams are injectable for tests.
+
+    Everything that can be checked without loading the model (the scorer, the prompt, the
+    tool names, the model's files, the task's rows) is checked before the run directory is
+    written; a failure after that marks the run `failed` with the reason."""
     out = Path(config.out or f"runs/eval-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     cfg_dict = to_dict(config)
+    scorer, examples = _check_inputs(config, engine, tools, examples, scorer)
     _prepare_run_dir(out, cfg_dict, argv)
-    examples = (load_examples(config) if examples is None else examples)[: config.limit or None]
-    scorer = scorer or make_scorer(config)
     traj_path = out / "trajectories.jsonl"
     jobs = _pending_jobs(examples, config.n, traj_path, out)
 
     own_tools = tools is None
-    elapsed_before = float(json.loads((out / "run.json").read_text()).get("wall_time_s", 0.0))
+    elapsed_before = float(read_run_json(out).get("wall_time_s", 0.0))
     t0 = time.perf_counter()
-    status = "failed"
+    status = None
     try:
-        if jobs:
-            from trajlab.build import build_tools, prompt_builder
-
-            prompts = prompt_builder(config.prompt)
-            engine = engine or load_engine(config)
-            if tools is None:
-                tools = build_tools(
-                    config.agent.tools,
-                    config.agent,
-                    config.tools,
-                    engine.tokenizer,
-                    config.tool_plugins,
-                )
-            loop = AgentLoop(
-                engine,
-                tools or {},
-                config.agent,
-                sampling=config.sampling(),
-                prompt_builder=prompts,
-            )
-            _roll_out(loop, jobs, scorer, traj_path, config)
+        with failure_recorded(out):
+            if jobs:
+                loop, tools = _build_loop(config, engine, tools)
+                _roll_out(loop, jobs, scorer, traj_path, config)
         status = "done"
     except KeyboardInterrupt:
-        status = "interrupted"
         print(f"\ninterrupted; run the same command again to resume {out}", file=sys.stderr)
         raise
     finally:
         wall = elapsed_before + (time.perf_counter() - t0)
-        update_run_json(out, status=status, wall_time_s=wall)
+        update_run_json(out, **({"status": status} if status else {}), wall_time_s=wall)
         if own_tools and tools:
             for t in tools.values():
                 t.close()
     return _report(out, config, cfg_dict, traj_path, wall)
+
+
+def _check_inputs(
+    config: EvalConfig,
+    engine: Engine | None,
+    tools: dict[str, Tool] | None,
+    examples: list[Example] | None,
+    scorer: Scorer | None,
+) -> tuple[Scorer, list[Example]]:
+    """The scorer and the examples, after every check that needs no model."""
+    from trajlab.build import check_tools, prompt_builder
+    from trajlab.models import check_model_spec
+
+    scorer = scorer or make_scorer(config)
+    prompt_builder(config.prompt)
+    if tools is None:
+        check_tools(
+            config.agent.tools, config.agent.protocol, config.tool_plugins, config.tools
+        )
+    if engine is None:
+        check_model_spec(config.model, "model")
+    examples = (load_examples(config) if examples is None else examples)[: config.limit or None]
+    if not examples:
+        raise ConfigError(f"task {config.task!r} has no examples to evaluate")
+    return scorer, examples
+
+
+def _build_loop(
+    config: EvalConfig, engine: Engine | None, tools: dict[str, Tool] | None
+) -> tuple[AgentLoop, dict[str, Tool]]:
+    """The agent loop of an evaluation: the engine (loaded unless given) and its tools."""
+    from trajlab.build import build_tools, prompt_builder
+
+    engine = engine or load_engine(config)
+    if tools is None:
+        tools = build_tools(
+            config.agent.tools, config.agent, config.tools, engine.tokenizer, config.tool_plugins
+        )
+    try:
+        loop = AgentLoop(
+            engine,
+            tools or {},
+            config.agent,
+            sampling=config.sampling(),
+            prompt_builder=prompt_builder(config.prompt),
+        )
+    except BaseException:
+        for t in (tools or {}).values():
+            t.close()
+        raise
+    return loop, tools
 
 
 def load_examples(config: EvalConfig) -> list[Example]:

@@ -65,7 +65,8 @@ def load_task(
     `data_dir` (else $TRAJLAB_DATA) holds local copies; option `lang` for mmath.
     `hf:owner/name`: options config, question, answer, answers, id map its fields.
     Files: `n` limits the rows read; `split` and `seed` do not apply (the file is
-    the split), and `options` may only be `on_error` ("raise" or "skip").
+    the split), and `options` may only be `on_error` ("raise" or "skip"), `max_row_bytes`
+    and `max_question_chars` (trajlab.tasks.jsonl).
     """
     name = str(spec)
     if name in TASKS:
@@ -80,9 +81,12 @@ def load_task(
         return load_hf_task(name, split=split, n=n, data_dir=data_dir, **options)
     path = Path(name)
     if path.suffix == ".jsonl" or path.is_file():
-        bad = sorted(set(options) - {"on_error"})
+        bad = sorted(set(options) - {"on_error", "max_row_bytes", "max_question_chars"})
         if bad:
-            raise ValueError(f"options {bad} do not apply to a JSONL task; only on_error does")
+            raise ValueError(
+                f"options {bad} do not apply to a JSONL task; only on_error, max_row_bytes "
+                "and max_question_chars do"
+            )
         return load_jsonl_task(path, limit=n, **options)
     raise ValueError(
         f"unknown task {name!r}: built-in tasks are {', '.join(TASKS)}; benchmarks "

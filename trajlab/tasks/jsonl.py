@@ -15,6 +15,11 @@ A bad row raises ValueError naming the file, the line, the problem and the
 schema; with `on_error="skip"` it is logged and skipped instead. Duplicate ids
 are bad rows: two rows with one id would merge in every per-example metric.
 
+Bounds: a row over MAX_ROW_BYTES (1 MiB) or a question over MAX_QUESTION_CHARS is a bad
+row, found without reading the row whole into memory; a line that is not UTF-8 is a bad
+row naming the byte; an empty file is an error. The `max_row_bytes` and
+`max_question_chars` options raise the limits.
+
 What it does not do: download datasets, read Parquet/CSV, or shuffle.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from trajlab.types import Example
@@ -30,6 +36,8 @@ from trajlab.types import Example
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+MAX_ROW_BYTES = 1 << 20  # a JSONL row of a task: 1 MiB
+MAX_QUESTION_CHARS = 65_536  # about 16k tokens, twice the default model's context
 ROW_SCHEMA = (
     '{"id": str|int, "question": str, "answer": str|number, "answers": [str|number, ...], '
     '"meta": {...}} with `answer` or `answers` (or both)'
@@ -81,9 +89,17 @@ def parse_row(row: Any) -> Example:
 
 
 def load_jsonl_task(
-    path: str | Path, limit: int | None = None, on_error: str = "raise"
+    path: str | Path,
+    limit: int | None = None,
+    on_error: str = "raise",
+    max_row_bytes: int = MAX_ROW_BYTES,
+    max_question_chars: int = MAX_QUESTION_CHARS,
 ) -> list[Example]:
-    """Read up to `limit` Examples from a JSONL file (blank lines are ignored)."""
+    """Read up to `limit` Examples from a JSONL file (blank lines are ignored).
+
+    Lines are read in bounded pieces: a row over `max_row_bytes` or a question over
+    `max_question_chars` is a bad row (never read whole into memory, never tokenised), as
+    is a line that is not UTF-8. A file without a single row is an error."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}; valid: {', '.join(ON_ERROR)}")
     if limit is not None and limit < 0:
@@ -93,19 +109,16 @@ def load_jsonl_task(
         raise FileNotFoundError(f"task file {path} does not exist")
     examples: list[Example] = []
     first_line: dict[str, int] = {}
-    skipped = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    skipped = rows = 0
+    with open(path, "rb") as f:
+        for lineno, raw in _lines(f, max_row_bytes):
             if limit is not None and len(examples) >= limit:
                 break
-            if not line.strip():
+            if raw is not None and not raw.strip():
                 continue
+            rows += 1
             try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _BadRow(f"not valid JSON ({e.msg} at column {e.colno})") from None
-                example = parse_row(row)
+                example = _parse_line(raw, max_row_bytes, max_question_chars)
                 if example.id in first_line:
                     raise _BadRow(
                         f"duplicate id {example.id!r} (first on line {first_line[example.id]})"
@@ -119,6 +132,55 @@ def load_jsonl_task(
                 continue
             first_line[example.id] = lineno
             examples.append(example)
+    if not rows and limit != 0:
+        raise ValueError(
+            f"task file {path} has no rows (it is empty or blank); write one JSON object per "
+            f"line: {ROW_SCHEMA}"
+        )
+    if skipped and not examples:
+        raise ValueError(f"{path}: all {skipped} rows are bad (see the warnings above)")
     if skipped:
         logger.warning("%s: skipped %d bad row(s), kept %d", path, skipped, len(examples))
     return examples
+
+
+def _lines(f: Any, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line; None for a line longer than `max_bytes`, whose rest
+    is skipped in pieces rather than read into memory."""
+    lineno = 0
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield lineno, None
+            continue
+        yield lineno, raw
+
+
+def _parse_line(raw: bytes | None, max_bytes: int, max_question: int) -> Example:
+    if raw is None:
+        raise _BadRow(
+            f"row longer than {max_bytes} bytes (task_options.max_row_bytes raises the limit)"
+        )
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadRow(
+            f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file as "
+            "UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT"
+        ) from None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise _BadRow(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    example = parse_row(row)
+    if len(example.question) > max_question:
+        raise _BadRow(
+            f"question of {len(example.question)} characters, over the limit of {max_question} "
+            "(longer than a small model's context; task_options.max_question_chars raises it)"
+        )
+    return example

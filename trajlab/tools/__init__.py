@@ -58,6 +58,14 @@ class ToolSpec:
         """This tool's section of `config` (a ToolsConfig), or its defaults."""
         return getattr(config, self.name, None) or self.config()
 
+    def check(self, config: Any) -> None:
+        """Raise ValueError when this tool's settings in `config` cannot start it (a
+        missing index, file or URL), without starting it: a settings class may define
+        `check()` for that."""
+        check = getattr(self.settings(config), "check", None)
+        if check is not None:
+            check()
+
 
 def _python(config: Any = None, tokenizer: Any = None, protocol: str = "") -> Tool:
     from trajlab.tools.python import PythonTool

@@ -77,6 +77,17 @@ class KGConfig:
     kg_k: int = opt(5, "passages retrieved per kg miss when kg_from_search is on")
     kg_max_results: int = opt(10, "triplets shown per call")
 
+    def check(self) -> None:
+        """What would stop the tool from starting, found before any model loads."""
+        from pathlib import Path
+
+        for name in ("kg_path", "kg_corpus"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ValueError(f"{name} {value!r} does not exist")
+        if not (self.kg_path or self.kg_corpus or self.kg_from_search):
+            raise ValueError("the kg tool needs --kg-path, --kg-corpus or --kg-from-search")
+
 
 @dataclass(frozen=True)
 class Triplet:

@@ -108,6 +108,27 @@ class SearchConfig:
         if self.search_max_chars < 0 or self.search_max_tokens < 0:
             raise ValueError("search_max_chars and search_max_tokens must be >= 0 (0 disables)")
 
+    def check(self) -> None:
+        """What would stop the tool from starting, found before any model loads."""
+        from pathlib import Path
+
+        if self.search_backend == "web":
+            if not self.search_web_url:
+                raise ValueError("search_backend=web needs --search-web-url")
+            return
+        if self.search_cache_mode == "replay" and not self.search_cache_dir:
+            raise ValueError("search_cache_mode=replay needs --search-cache-dir")
+        if not self.search_index:
+            raise ValueError(
+                "the search tool needs an index: build one with "
+                "`trajlab index CORPUS.jsonl --kind bm25 --out DIR` and pass --search-index DIR"
+            )
+        if not Path(self.search_index).is_dir():
+            raise ValueError(
+                f"search_index {self.search_index!r} is not a directory; build it with "
+                f"`trajlab index CORPUS.jsonl --kind bm25 --out {self.search_index}`"
+            )
+
 
 # -- queries and formatting (pure) ---------------------------------------------
 

@@ -36,7 +36,7 @@ from trajlab.agent.loop import AgentConfig
 from trajlab.algos.advantages import ADVANTAGES
 from trajlab.algos.length import check_schedule
 from trajlab.algos.losses import AGG_MODES, KL_ESTIMATORS, KL_PLACES, RATIO_LEVELS
-from trajlab.config import opt
+from trajlab.config import at_least, opt
 from trajlab.tools.config import ToolsConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -108,6 +108,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        at_least(self, size=0, eval_size=1)
         if self.prompt not in ("protocol", "question"):
             from trajlab.tasks.prompts import get_prompt
 
@@ -136,6 +137,12 @@ class RolloutConfig:
         "update; auto: bfloat16 on CPUs with native bf16 matmul, else the policy's dtype",
         choices=DECODE_DTYPES,
     )
+
+    def __post_init__(self) -> None:
+        from trajlab.engines.base import check_sampling
+
+        at_least(self, prompts_per_step=1, group_size=1, top_k=0, max_batch_size=1)
+        check_sampling(self.temperature, self.top_p)
 
 
 @dataclass
@@ -269,6 +276,20 @@ class OptimConfig:
         choices=AUTOCAST,
     )
 
+    def __post_init__(self) -> None:
+        if self.lr < 0:
+            raise ValueError(f"lr must be > 0 (a learning rate like 1e-6), got {self.lr}")
+        at_least(self, weight_decay=0, eps=0, warmup_steps=0, grad_clip=0)
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lr == 0:
+            import warnings
+
+            warnings.warn("optim.lr is 0: the optimizer will not change the weights", stacklevel=2)
+
 
 @dataclass
 class EvalLoopConfig:
@@ -283,6 +304,12 @@ class EvalLoopConfig:
         "bfloat16 on CPUs with native bf16 matmul, about twice as fast, greedy outputs can differ",
         choices=DECODE_DTYPES,
     )
+
+    def __post_init__(self) -> None:
+        from trajlab.engines.base import check_sampling
+
+        at_least(self, every=0, batch_size=1)
+        check_sampling(self.temperature, 1.0)
 
 
 @dataclass
@@ -299,6 +326,9 @@ class LogConfig:
     entropy: bool = opt(
         True, "compute per-token entropy for metrics and overlays (one extra forward)"
     )
+
+    def __post_init__(self) -> None:
+        at_least(self, checkpoint_every=1, keep_checkpoints=0)
 
 
 @dataclass
@@ -326,8 +356,7 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        at_least(self, steps=1, threads=0)
         if self.algo.mini_batches > self.rollout.prompts_per_step * self.rollout.group_size:
             raise ValueError(
                 f"algo.mini_batches={self.algo.mini_batches} exceeds the batch of "
@@ -359,10 +388,8 @@ class SFTConfig:
     progress: bool = opt(True, "print a progress line per step")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("batch_size and micro_batch_size must be >= 1")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        at_least(self, batch_size=1, micro_batch_size=1, epochs=1, max_steps=0, max_length=1)
+        at_least(self, threads=0, checkpoint_every=0)
 
 
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")

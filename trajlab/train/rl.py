@@ -91,7 +91,7 @@ from trajlab.models import (
 )
 from trajlab.progress import RolloutProgress
 from trajlab.rewards.scorer import Scorer
-from trajlab.rundir import start_or_resume, update_run_json
+from trajlab.rundir import failure_recorded, start_or_resume, update_run_json
 from trajlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -149,18 +149,23 @@ def train(
     run = setup(config, examples, eval_examples, engine, tools, argv)
     cfg = run.config
     last: dict[str, Any] = {}
-    status = "interrupted"
+    status = None  # an exception leaves the status failure_recorded wrote
     try:
-        if run.start_step == 0 and cfg.eval.every > 0 and cfg.eval.at_start:
-            last = log_row(run, {"step": 0, **evaluate_policy(run, 0)}, step=0)
-        for step in range(run.start_step + 1, cfg.steps + 1):
-            last = log_row(run, rl_step(run, step), step)
-            if step % cfg.log.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
-                save(run, step)
-            if stop_after is not None and step >= stop_after:
-                break
-        else:
-            status = "done"
+        with failure_recorded(run.out):
+            if run.start_step == 0 and cfg.eval.every > 0 and cfg.eval.at_start:
+                last = log_row(run, {"step": 0, **evaluate_policy(run, 0)}, step=0)
+            status = "interrupted"
+            for step in range(run.start_step + 1, cfg.steps + 1):
+                last = log_row(run, rl_step(run, step), step)
+                if step % cfg.log.checkpoint_every == 0 or step in (cfg.steps, stop_after):
+                    save(run, step)
+                if stop_after is not None and step >= stop_after:
+                    break
+            else:
+                status = "done"
+    except BaseException:
+        status = None
+        raise
     finally:
         finish(run, status)
     return {**last, "run_dir": str(run.out)}
@@ -952,38 +957,52 @@ def setup(
     scorer = build_scorer(
         cfg.reward.weights, correct=cfg.reward.correct, retrieval="search" in cfg.agent.tools
     )
-    prepare_run_dir(out, cfg, argv)
-    model, tok, ref_model = load_models(cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(cfg, trainable)
-    own_engine, own_tools = engine is None, tools is None
-    engine, tools, loop = rollout_loop(cfg, model, tok, engine, tools)
+    check_inputs(cfg, engine, tools)
     examples, eval_examples = run_examples(cfg, examples, eval_examples)
-    run = Run(
-        config=cfg,
-        out=out,
-        model=model,
-        tokenizer=tok,
-        engine=engine,
-        own_engine=own_engine,
-        loop=loop,
-        tools=tools,
-        own_tools=own_tools,
-        sampler=PromptSampler(examples, f"{cfg.data.seed}/{cfg.seed}"),
-        eval_examples=eval_examples,
-        scorer=scorer,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        trainable=trainable,
-        loss_cfg=PolicyLossConfig.from_algo(cfg.algo, cfg.agent.max_new_tokens),
-        ref_model=ref_model,
-        pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-        argv=list(argv if argv is not None else sys.argv),
-    )
-    resume(run)
+    prepare_run_dir(out, cfg, argv)
+    with failure_recorded(out):
+        model, tok, ref_model = load_models(cfg)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer, scheduler = make_optimizer(cfg, trainable)
+        own_engine, own_tools = engine is None, tools is None
+        engine, tools, loop = rollout_loop(cfg, model, tok, engine, tools)
+        run = Run(
+            config=cfg,
+            out=out,
+            model=model,
+            tokenizer=tok,
+            engine=engine,
+            own_engine=own_engine,
+            loop=loop,
+            tools=tools,
+            own_tools=own_tools,
+            sampler=PromptSampler(examples, f"{cfg.data.seed}/{cfg.seed}"),
+            eval_examples=eval_examples,
+            scorer=scorer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable=trainable,
+            loss_cfg=PolicyLossConfig.from_algo(cfg.algo, cfg.agent.max_new_tokens),
+            ref_model=ref_model,
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+            argv=list(argv if argv is not None else sys.argv),
+        )
+        resume(run)
     if cfg.log.tensorboard:
         run.tb = TensorBoardLogger(out / "tb")
     return run
+
+
+def check_inputs(cfg: TrainConfig, engine: Engine | None, tools: dict[str, Any] | None) -> None:
+    """What can fail without a model fails here, before the run directory is written: the
+    tool names and protocol, the policy's files, the prompt template."""
+    from trajlab.build import check_tools, prompt_builder
+    from trajlab.models import check_model_spec
+
+    if tools is None:
+        check_tools(cfg.agent.tools, cfg.agent.protocol, cfg.tool_plugins, cfg.tools)
+    check_model_spec(cfg.model.model, "model.model")
+    prompt_builder(cfg.data.prompt)
 
 
 def rollout_loop(
@@ -1082,8 +1101,8 @@ def load_examples(
 
 def prepare_run_dir(out: Path, cfg: TrainConfig, argv: list[str] | None) -> None:
     """Create run.json and config.yaml, or check that an existing run has the same config."""
-    (out / "trajectories").mkdir(parents=True, exist_ok=True)
     start_or_resume(out, "train", to_dict(cfg), "config.yaml", RESUMABLE_KEYS, argv)
+    (out / "trajectories").mkdir(parents=True, exist_ok=True)
 
 
 def resume(run: Run) -> None:
@@ -1134,7 +1153,9 @@ def save(run: Run, step: int) -> None:
     )
 
 
-def finish(run: Run, status: str) -> None:
+def finish(run: Run, status: str | None) -> None:
+    """Summary, plots and tools closed; run.json gets `status` (None: an exception is on its
+    way and failure_recorded has written the reason)."""
     if run.rows:
         (run.out / "summary.md").write_text(training_summary(run.rows, run.config, status))
     if run.config.log.plots and run.rows:
@@ -1147,4 +1168,5 @@ def finish(run: Run, status: str) -> None:
     if run.own_tools:
         for t in run.tools.values():
             t.close()
-    update_run_json(run.out, status=status)
+    if status is not None:
+        update_run_json(run.out, status=status)

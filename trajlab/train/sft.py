@@ -33,7 +33,7 @@ import torch
 
 from trajlab.config import ConfigError, to_dict
 from trajlab.models import autocast_context, token_logprobs
-from trajlab.rundir import update_run_json, write_run_json
+from trajlab.rundir import failure_recorded, start_or_resume, update_run_json
 from trajlab.train.checkpoint import save_checkpoint
 from trajlab.train.config import SFTConfig
 from trajlab.train.policy import adamw, load_trainable
@@ -93,15 +93,20 @@ def sft(
 ) -> dict[str, Any]:
     """Fine-tune cfg.model on the trajectories; return final metrics plus `run_dir`/`model_dir`."""
     out = Path(cfg.out or f"runs/sft-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data, dropped = _training_data(cfg, trajectories)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    write_run_json(out, "sft", argv)
-    t_start = time.perf_counter()
+    check_tokenizer(data, cfg.model.model)
+    start_or_resume(out, "sft", to_dict(cfg), "config.json", (), argv, can_resume=False)
+    with failure_recorded(out):
+        return _fine_tune(cfg, data, dropped, out)
 
+
+def _fine_tune(
+    cfg: SFTConfig, data: list[Trajectory], dropped: dict[str, int], out: Path
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
     model, tok = load_trainable(cfg.model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -139,15 +144,61 @@ def sft(
     return {**last, "run_dir": str(out), "model_dir": str(model_dir), "num_trajectories": len(data)}
 
 
+def check_tokenizer(trajs: list[Trajectory], spec: str) -> None:
+    """Refuse trajectories whose token ids were not written by `spec`'s tokenizer: SFT
+    trains on stored ids, which under another tokenizer mean other text. Trajectories
+    carry the writer's fingerprint (metadata.tokenizer); older ones without it are checked
+    by decoding their model segments, which must give back the stored text."""
+    from trajlab.models import check_model_spec, load_tokenizer, tokenizer_fingerprint
+
+    check_model_spec(spec, "model.model")
+    tok = load_tokenizer(spec)
+    mine, size = tokenizer_fingerprint(tok), len(tok)
+    fix = (
+        f"Fine-tune the model the trajectories came from, or write new ones with this model "
+        f"(trajlab eval --model {spec} ...)."
+    )
+    for t in trajs:
+        theirs = t.metadata.get("tokenizer")
+        if theirs and theirs != mine:
+            raise ConfigError(
+                f"trajectory {t.example_id!r} was tokenized by another tokenizer (fingerprint "
+                f"{theirs}; model.model {spec!r} has {mine}). {fix}"
+            )
+        if max(t.token_ids, default=0) >= size:
+            raise ConfigError(
+                f"trajectory {t.example_id!r} has token id {max(t.token_ids)}, beyond the "
+                f"{size} tokens of model.model {spec!r}'s tokenizer. {fix}"
+            )
+    unmarked = [s for t in trajs if not t.metadata.get("tokenizer") for s in t.segments]
+    checked = [s for s in unmarked if s.source == "model" and s.text.strip()][:16]
+    if checked and all(tok.decode(s.token_ids) != s.text for s in checked):
+        raise ConfigError(
+            f"the trajectories' token ids do not decode to their text under model.model "
+            f"{spec!r}'s tokenizer (checked {len(checked)} model segments): they were written "
+            f"by another tokenizer. {fix}"
+        )
+
+
 def _training_data(
     cfg: SFTConfig, trajectories: list[Trajectory] | None
 ) -> tuple[list[Trajectory], dict[str, int]]:
     trajs = trajectories if trajectories is not None else load_sft_data(cfg)
     data, dropped = select(cfg, trajs)
     if not data:
+        hints = []
+        if dropped["incorrect"]:
+            hints.append(
+                f"{dropped['incorrect']} were not scored correct: pass --all to train on "
+                "them too, or sample more answers per question (trajlab eval -n 8 "
+                "--temperature 0.8) so that some are right"
+            )
+        if dropped["too_long"]:
+            hints.append(f"{dropped['too_long']} were longer than max_length={cfg.max_length}")
+        if dropped["no_model_tokens"]:
+            hints.append(f"{dropped['no_model_tokens']} had no model tokens to train on")
         raise ConfigError(
-            f"no trajectories left to train on ({len(trajs)} read; dropped {dropped}). "
-            "Check the data files, or set only_correct=false / a larger max_length."
+            f"no trajectories left to train on ({len(trajs)} read): " + "; ".join(hints or ["the files hold none"])
         )
     return data, dropped
 
