@@ -514,3 +514,6 @@ class _Spy:
     def __call__(self, **kw):
         self.calls.append(("call", tuple(kw["input_ids"].shape)))
         return self.decoder(**kw)
+
+    def __getattr__(self, name):  # forward's signature, config, ... of the real decoder
+        return getattr(self.decoder, name)

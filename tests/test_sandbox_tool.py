@@ -196,18 +196,30 @@ NON_ROOT = textwrap.dedent(
     reason="needs root and setpriv to become nobody",
 )
 def test_non_root_reduced_but_honest():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        sys.executable,
-        "-c",
-        NON_ROOT.format(root=root),
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
-    cp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd="/")
+    """An unprivileged user gets a reduced sandbox that says so. The user reads trajlab
+    from a world-readable copy, not from the checkout, which may live in a directory only
+    its owner can enter (a mode-0700 home, a mktemp -d folder)."""
+    shared = Path(tempfile.mkdtemp(prefix="trajlab-nonroot-"))
+    try:
+        shutil.copytree(
+            Path(__file__).resolve().parents[1] / "trajlab",
+            shared / "trajlab",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for folder, _, files in os.walk(shared):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
+        python = os.path.realpath(sys.executable)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python]
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+        probe = subprocess.run([*as_nobody, "-c", "pass"], capture_output=True, env=env, cwd="/")
+        if probe.returncode != 0:
+            pytest.skip(f"the interpreter {python} cannot be run by an unprivileged user")
+        cmd = [*as_nobody, "-c", NON_ROOT.format(root=str(shared))]
+        cp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd="/")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     assert cp.returncode == 0, cp.stderr[-2000:]
     out = json.loads(cp.stdout.strip().splitlines()[-1])
     assert out["refused"] and "uid_drop" in out["refused"] and "allow_insecure" in out["refused"]

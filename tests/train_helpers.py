@@ -49,3 +49,8 @@ def token_variety_reward(example: Example, trajectory: Trajectory) -> float:
 def search_paris() -> ScriptedTool:
     """A search tool that returns one fixed passage for every query."""
     return ScriptedTool("search", default="Doc 1(Title: Paris) Paris is the capital of France.")
+
+
+def broken_tool() -> ScriptedTool:
+    """A tool plugin whose backend fails when the tool is built (after the model loaded)."""
+    raise RuntimeError("the tool's backend is down")

@@ -121,6 +121,8 @@ def check_tools(
     from trajlab.tools import TOOLS
 
     known = [*TOOLS, *(plugins or {})]
+    for name, spec in (plugins or {}).items():
+        _plugin(name, spec)  # a plugin that does not import fails now, naming its key
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
@@ -129,16 +131,8 @@ def check_tools(
                 f"agent.tools: unknown tool {name!r}.{hint} Available: {', '.join(known)} "
                 "(or map a name to 'module:factory' in tool_plugins)"
             )
-    for name in names:
-        if name in TOOLS and name not in (plugins or {}) and config is not None:
-            try:
-                TOOLS[name].check(config)
-            except ValueError as e:
-                raise ConfigError(f"tools.{name}: {e}") from None
     proto = get_protocol(protocol)
-    if isinstance(proto, NativeProtocol):
-        return
-    unusable = [n for n in names if n not in proto.tools()]
+    unusable = [] if isinstance(proto, NativeProtocol) else [n for n in names if n not in proto.tools()]
     if unusable:
         callers = [
             p for p, v in _protocols().items() if all(n in getattr(v, "tools", list)() for n in names)
@@ -148,6 +142,12 @@ def check_tools(
             f"calls {', '.join(proto.tools()) or 'no tool'}). Protocols that can call "
             f"{', '.join(names)}: {', '.join(callers) or 'none'}; native calls any tool."
         )
+    for name in names:
+        if name in TOOLS and name not in (plugins or {}) and config is not None:
+            try:
+                TOOLS[name].check(config)
+            except ValueError as e:
+                raise ConfigError(f"tools.{name}: {e}") from None
 
 
 def _protocols() -> dict[str, Any]:
@@ -196,7 +196,10 @@ def _plugin(name: str, spec: str) -> Callable[[], Any]:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"tool_plugins.{name}: cannot load {spec!r}: {e}") from None
+        raise ConfigError(
+            f"tool_plugins.{name}: cannot load {spec!r} ({e}); write it as "
+            "'package.module:factory' with the module importable from here"
+        ) from None
 
 
 def build_scorer(

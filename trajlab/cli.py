@@ -84,6 +84,9 @@ def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
+    from trajlab.flags import split_config_arg
+
+    split_config_arg(args)  # `trajlab train steps=3`: the positional CONFIG is an override
     return parser, args
 
 

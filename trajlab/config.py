@@ -132,9 +132,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(k, known, n=1)
-        hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+        hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown config key {prefix}{k!r}.{hint} Valid keys of {cls.__name__}: {', '.join(known)}"
+            f"unknown config key {prefix + str(k)!r}.{hint} Valid keys of {cls.__name__}: "
+            f"{', '.join(known)}"
         )
     kwargs = {}
     for name, f in known.items():

@@ -46,49 +46,51 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "") -> None:
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser, cls: type, skip: frozenset[str] | set[str] = frozenset()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: frozenset[str] | set[str] = frozenset(),
+    aliases: dict[str, str] | None = None,
 ) -> None:
-    """One flag per scalar or list field of `cls` (nested dataclasses flattened)."""
+    """One flag per scalar or list field of `cls` (nested dataclasses flattened);
+    `aliases` adds a short form to a field's flag (`{"n": "-n"}`)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         tp = hints[f.name]
         if f.name in skip:
             continue
         if is_dataclass(tp):
-            add_dataclass_args(parser, tp, skip)
+            add_dataclass_args(parser, tp, skip, aliases)
             continue
         origin = typing.get_origin(tp)
         if origin is dict or not f.metadata.get("flag", True):
             continue  # mappings and internals are set with KEY=VALUE overrides or YAML
-        default = _default(f)
-        flag = "--" + f.name.replace("_", "-")
+        names = [*([aliases[f.name]] if aliases and f.name in aliases else []), _flag(f.name)]
         helptext = f.metadata.get("help", "")
         if tp is bool:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{helptext} (default: {default})",
-            )
+            kw: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
         elif origin in (list, tuple):
-            shown = ",".join(map(str, default)) or "none"
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                metavar="A,B",
-                help=f"{helptext}; comma-separated, 'none' for an empty list (default: {shown})",
-            )
+            kw = {"metavar": "A,B"}
+            helptext += "; comma-separated, 'none' for an empty list"
         else:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type={int: int, float: float}.get(tp, str),
-                default=None,
-                choices=f.metadata.get("choices"),
-                help=f"{helptext} (default: {default})",
-            )
+            kw = {"type": {int: int, float: float}.get(tp, str), "choices": f.metadata.get("choices")}
+        parser.add_argument(
+            *names, dest=f.name, default=None, help=with_default(helptext, _default(f)), **kw
+        )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def with_default(helptext: str, default: Any) -> str:
+    """Help text that shows the default once: not again where the text already says it."""
+    if "default" in helptext.lower():
+        return helptext
+    if isinstance(default, (list, tuple)):
+        shown = ",".join(map(str, default)) or "none"
+    else:
+        shown = "empty" if default == "" else default
+    return f"{helptext} (default: {shown})"
 
 
 def _default(f: Any) -> Any:

@@ -256,17 +256,17 @@ def check_model_spec(spec: str | Path, what: str = "model") -> None:
     'default' without its package, a missing path, a file that is not .gguf, or a
     directory without config.json, weights or tokenizer files. `what` names the field
     in the message. Converts nothing and reads no weights."""
-    if str(spec) == DEFAULT_SPEC:
-        find_default_gguf()
-        return
-    path = Path(spec).expanduser()
-    if not path.is_dir():
+    try:
+        if str(spec) == DEFAULT_SPEC:
+            find_default_gguf()
+            return
+        path = Path(spec).expanduser()
         if path.is_file() and path.suffix.lower() == ".gguf":
             return
-        resolve_model_dir(spec)  # raises the message for a missing path or a wrong file
-        return
-    if not (path / "config.json").is_file():
-        resolve_model_dir(spec)
+        if not path.is_dir() or not (path / "config.json").is_file():
+            resolve_model_dir(spec)  # raises the message for a missing path or a wrong file
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"{what}: {e}") from None
     if not any(any(path.glob(g)) for g in _WEIGHT_GLOBS):
         raise ModelNotFoundError(
             f"{what}: {path} has a config.json but no weights (*.safetensors or "
@@ -319,6 +319,21 @@ def load_tokenizer(spec: str | Path, log: Log = _stderr):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+def cache_arg(module: torch.nn.Module) -> str:
+    """The name a model's forward takes its KV cache under: `cache` from transformers 5.24
+    (where `past_key_values` is deprecated), `past_key_values` before."""
+    forward = getattr(module, "forward", None) or module.__call__
+    return _cache_arg(getattr(forward, "__func__", forward))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg(forward: Callable[..., Any]) -> str:
+    import inspect
+
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def tokenizer_fingerprint(tok: Any) -> str:
@@ -531,8 +546,8 @@ def _hidden_states(
     head = decoder(
         input_ids=input_ids[:1, :P],
         position_ids=torch.arange(P, device=input_ids.device)[None],
-        past_key_values=cache,
         use_cache=True,
+        **{cache_arg(decoder): cache},
     ).last_hidden_state  # [1, P, H]
     cache.batch_repeat_interleave(B)  # [B, KV, P, D] per layer; differentiable
     suffix_pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, P:]  # [B, T - P]
@@ -540,8 +555,8 @@ def _hidden_states(
         input_ids=input_ids[:, P:],
         attention_mask=attention_mask,
         position_ids=suffix_pos,
-        past_key_values=cache,
         use_cache=True,
+        **{cache_arg(decoder): cache},
     ).last_hidden_state  # [B, T - P, H]
     return torch.cat([head.expand(B, -1, -1), tail], dim=1)  # [B, T, H]
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
+from trajlab.models import cache_arg
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, index) pairs over the 64-bit seed space
 
@@ -168,8 +169,8 @@ class HFEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_arg(model): cache},
             logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()  # [U, V]
@@ -196,8 +197,8 @@ class HFEngine:
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=next_pos[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg(model): cache},
             )
             logits = out.logits[:, -1].float()  # [b, V]
             next_pos = next_pos + 1

@@ -20,8 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", help="YAML file with EvalConfig fields; flags override it")
     add_overrides(p, "agent.max_calls_per_tool.python=2 tools.python.timeout_s=5")
-    add_dataclass_args(p, EvalConfig)
-    p.add_argument("-n", dest="n", type=int, help="samples per example (same as --n)")
+    add_dataclass_args(p, EvalConfig, aliases={"n": "-n"})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -44,10 +45,41 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False))
         return 0
+    if not (args.config or args.overrides or flags):
+        print(plan(config))
+        return 0
     result = train(config, argv=["trajlab", "train", *sys.argv[2:]])
     print(f"run written to {result['run_dir']} (metrics.jsonl, trajectories/, checkpoints/)")
     print(f"open it with: {trajlab_command()} view {result['run_dir']}")
     return 0
+
+
+def plan(config: Any) -> str:
+    """What `trajlab train` with nothing else would run, and how to start a run."""
+    from pathlib import Path
+
+    from trajlab.flags import trajlab_command
+
+    r, d, a = config.rollout, config.data, config.agent
+    cmd = f"{trajlab_command()} train"
+    recipes = Path(__file__).resolve().parents[2] / "configs"
+    lines = [
+        "trajlab train runs an RL recipe; none was given, so nothing was started.",
+        f"The defaults would run {config.algo.advantage.upper()} on {d.task} ({d.split} split, "
+        f"{d.size} examples) from model {config.model.model!r}: {config.steps} steps of "
+        f"{r.prompts_per_step} prompts x {r.group_size} samples, tools "
+        f"{', '.join(a.tools) or 'none'} ({a.protocol} protocol), into runs/train-<time>.",
+        "Start a run:",
+    ]
+    if (recipes / "quickstart.yaml").is_file():
+        lines.append(f"  {cmd} configs/quickstart.yaml out=runs/quickstart   # short recipe")
+        lines.append(f"  {cmd} configs/zero_rl_arith.yaml out=runs/zero_rl   # the measured zero-RL run")
+    lines += [
+        f"  {cmd} out=runs/my_run          # the defaults above (any KEY=VALUE or flag starts a run)",
+        f"  {cmd} --print-config           # every setting with its value, then exit",
+        "Recipes and every key: docs/training.md.",
+    ]
+    return "\n".join(lines)
 
 
 def _standalone(argv: list[str] | None = None) -> int:

@@ -24,22 +24,40 @@ _FLAGS = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from trajlab.flags import add_overrides
+    from trajlab.flags import add_overrides, with_default
+    from trajlab.config import field_help
+    from trajlab.train.config import SFTConfig
 
+    sft, defaults = field_help(SFTConfig), SFTConfig()
     add_overrides(p, "optim.lr=1e-5 max_length=1024")
-    p.add_argument("--config", help="YAML file of SFTConfig fields")
-    p.add_argument("--data", action="append", default=[], help="trajectory JSONL (repeatable)")
-    p.add_argument("--model", help="model spec (default: the default model)")
-    p.add_argument("--out", help="run directory")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--config", help="YAML file of SFTConfig fields; flags override it")
     p.add_argument(
-        "--lora", action="store_true", help="train a LoRA adapter (merged into OUT/model)"
+        "--data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="trajectories JSONL, e.g. a run's trajectories.jsonl (repeatable; required)",
     )
     p.add_argument(
-        "--all", action="store_true", help="also train on trajectories not scored correct"
+        "--model",
+        help="model to fine-tune: 'default', a HF model directory or a .gguf file "
+        "(default: default)",
+    )
+    p.add_argument("--out", help=with_default(sft["out"], ""))
+    for name, tp, text, default in (
+        ("epochs", int, sft["epochs"], 1),
+        ("lr", float, "peak learning rate of AdamW", defaults.optim.lr),
+        ("batch_size", int, sft["batch_size"], defaults.batch_size),
+        ("max_steps", int, sft["max_steps"], 0),
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=tp, help=with_default(text, default))
+    p.add_argument(
+        "--lora", action="store_true", help="train a LoRA adapter, merged into OUT/model (default: off)"
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also train on trajectories not scored correct (default: only correct ones)",
     )
 
 

@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokenizer",
         metavar="DIR",
-        help="local tokenizer directory for per-token text (default: from the run config, else token ids)",
+        help="tokenizer for per-token text: a local model or tokenizer directory, default, or a .gguf file (default: the run config's model, else token ids)",
     )
     parser.add_argument(
         "--no-index-cache",

@@ -10,6 +10,8 @@ Token text: trajectories store token ids and per-segment text, not per-token tex
 If the run's config names a local directory holding a tokenizer (keys tokenizer,
 model, model_path, path or name; or `--tokenizer`), tokens are decoded one by one
 with transformers' AutoTokenizer (local files only); otherwise the viewer shows ids.
+A model spec `default` or a .gguf file resolves to the converted copy trajlab loaded the
+model from (the viewer never converts one itself).
 
 What this module does not do: write into run directories (except the index cache of
 `index.py`), or guess at metric semantics beyond the names in the contract.
@@ -17,12 +19,13 @@ What this module does not do: write into run directories (except the index cache
 
 from __future__ import annotations
 
+
 import json
 import math
 import re
 import threading
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +333,11 @@ def tokenizer_dir(run: Run, override: str | None = None) -> Path | None:
         for scope in (cfg, *(v for v in cfg.values() if isinstance(v, dict))):
             cands.extend(scope.get(k) for k in TOKENIZER_KEYS)
     for c in cands:
+        if isinstance(c, str) and (c == "default" or c.lower().endswith(".gguf")):
+            converted = _converted_model_dir(c if c == "default" else str(_near(run, c)))
+            if converted is not None:
+                return converted
+            continue
         if isinstance(c, str) and c:
             p = Path(c).expanduser()
             if not p.is_absolute() and not p.exists():
@@ -339,6 +347,25 @@ def tokenizer_dir(run: Run, override: str | None = None) -> Path | None:
             ):
                 return p
     return None
+
+
+def _near(run: Run, spec: str) -> Path:
+    p = Path(spec).expanduser()
+    return run.path / p if not p.is_absolute() and not p.exists() and run.path.is_dir() else p
+
+
+@lru_cache(maxsize=64)
+def _converted_model_dir(spec: str) -> Path | None:
+    """The cached Hugging Face copy of 'default' or of a .gguf file (what trajlab eval and
+    train loaded the model from), if it has been converted; the viewer never converts."""
+    from trajlab.models import ModelNotFoundError, find_default_gguf, gguf_cache_path
+
+    try:
+        gguf = find_default_gguf() if spec == "default" else Path(spec)
+    except ModelNotFoundError:
+        return None
+    entry = gguf_cache_path(gguf) if gguf.is_file() else None
+    return entry if entry is not None and (entry / "tokenizer_config.json").exists() else None
 
 
 def decode_pieces(tok_dir: Path, ids: list[int]) -> list[str]:

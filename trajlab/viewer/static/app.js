@@ -382,6 +382,12 @@
     tip.style.top = ev.clientY + 14 + "px";
   }
 
+  // The example's reference answer (metadata.reference: a string, or a list of accepted ones).
+  function referenceText(ref) {
+    if (ref === undefined || ref === null || (Array.isArray(ref) && !ref.length)) return "\u2013";
+    return Array.isArray(ref) ? ref.join(" | ") : String(ref);
+  }
+
   function renderTrajectory(box, payload, run, side) {
     const t = payload.trajectory;
     const tt = tokenTable(payload);
@@ -391,6 +397,7 @@
       tt.train && tt.train.step !== undefined ? kv("step", tt.train.step) : null,
       kv("stop", t.stop_reason ? badge(t.stop_reason) : "\u2013"),
       kv("reward", r ? fmt(r.total) : "\u2013"), kv("prediction", t.prediction ?? "\u2013"),
+      kv("reference", referenceText(t.metadata && t.metadata.reference)),
       kv("tokens", `${tt.toks.length} (${tt.toks.length - tt.promptLen} response)`),
       tt.train && tt.train.filtered ? kv("filtered", badge(tt.train.filtered, "warning")) : null));
     if (r && Object.keys(r.components || {}).length) {
