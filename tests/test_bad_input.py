@@ -425,3 +425,30 @@ def test_no_deprecation_warnings_from_our_calls(tiny_model_dir, tmp_path):
     cp = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert "deprecated" not in cp.stderr
+
+
+def test_viewer_decodes_runs_of_default_and_gguf_models(tiny_model_dir, tmp_path, monkeypatch):
+    """`--tokenizer default` (or a run whose config says model: default / a .gguf file)
+    decodes with the converted copy the model was loaded from."""
+    from trajlab.models import gguf_cache_path
+    from trajlab.viewer import runs
+
+    monkeypatch.setenv("TRAJLAB_HOME", str(tmp_path / "home"))
+    runs._converted_model_dir.cache_clear()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    entry = gguf_cache_path(gguf)
+    entry.mkdir(parents=True)
+    for f in Path(tiny_model_dir).glob("tokenizer*"):
+        (entry / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(trajlab.models, "find_default_gguf", lambda: gguf)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"model": str(gguf)}))
+    (run_dir / "run.json").write_text(json.dumps({"kind": "eval"}))
+    (run_dir / "trajectories.jsonl").write_text("")
+    (run,) = runs.discover([str(run_dir)])
+    assert runs.tokenizer_dir(run) == entry
+    assert runs.tokenizer_dir(run, "default") == entry
+    assert runs.decode_pieces(entry, [5, 6]) and runs.tokenizer_dir(run, str(tmp_path / "x")) == entry
+    runs._converted_model_dir.cache_clear()
