@@ -703,8 +703,23 @@ class SandboxPool:
     def _launch(self, s: _Slot) -> None:
         cfg = self.config
         err = open(cfg.zygote_log, "ab") if cfg.zygote_log else subprocess.DEVNULL  # noqa: SIM115
-        s.proc = subprocess.Popen(
-            [self.python, "-I", zy.__file__],
+        # The zygote's source comes in on an inherited descriptor, not as a path: its command
+        # line (which every sandbox can read in /proc and sys.orig_argv) names no directory.
+        src = os.open(zy.__file__, os.O_RDONLY)
+        boot = f"exec(compile(open({src}).read(), 'trajlab-sandbox-zygote', 'exec'))"
+        try:
+            s.proc = self._popen(cfg, [self.python, "-I", "-c", boot], err, src)
+        finally:
+            os.close(src)
+            if err is not subprocess.DEVNULL:
+                err.close()
+        s.runs = 0
+        zy.write_frame(s.proc.stdin.fileno(), self._zygote_config(s))
+
+    def _popen(self, cfg: SandboxConfig, argv: list[str], err: Any, src: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            argv,
+            pass_fds=(src,),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -713,10 +728,6 @@ class SandboxPool:
             close_fds=True,
             start_new_session=True,  # no terminal signals; killpg reaches it alone
         )
-        if err is not subprocess.DEVNULL:
-            err.close()
-        s.runs = 0
-        zy.write_frame(s.proc.stdin.fileno(), self._zygote_config(s))
 
     def _handshake(self, s: _Slot) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s

@@ -689,6 +689,7 @@ def prepare_minimal_root(root: str, binds: list[str], etc: list[str]) -> None:
             os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
             open(dst, "w").close()
         mount(path, dst, None, MS_BIND | MS_REC)
+    _mask_source_records(root, list(binds))
     try:
         mount_setattr_recursive(root, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
     except OSError as e:
@@ -1357,6 +1358,7 @@ class Zygote:
         for mod in ("io", "linecache", "traceback", "types", "builtins", "atexit", "threading",
                     "resource", "fcntl", "socket", "subprocess"):  # fmt: skip
             __import__(mod)
+        info["install_finders_dropped"] = drop_install_finders()
         try:
             filt, self.seccomp_skipped = build_seccomp(self.allow_loopback)
             self.seccomp = CompiledFilter(filt)
@@ -1766,6 +1768,42 @@ def collapse_heap(min_bytes: int = 4 << 20) -> int:
     except OSError:
         pass
     return -1
+
+
+# Names of files by which an installed package records where its source tree lives: an
+# editable install's finder (its MAPPING names the tree) and .pth, a legacy .egg-link, and
+# PEP 610's direct_url.json. The minimal root binds an empty file over each.
+SOURCE_RECORDS = ("__editable__*", "*.egg-link", "*.dist-info/direct_url.json")
+
+
+def drop_install_finders() -> list[str]:
+    """Forget editable-install finders the interpreter loaded at start-up (their module
+    globals name the source tree): out of sys.modules, sys.meta_path, sys.path_hooks and
+    sys.path. The sandbox imports only installed packages, which need none of them."""
+    names = [m for m in list(sys.modules) if m.startswith("__editable__")]
+    for name in names:
+        mod = sys.modules.pop(name)
+        sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", "") != mod.__name__]
+        sys.path_hooks[:] = [h for h in sys.path_hooks if getattr(h, "__module__", "") != mod.__name__]
+    sys.path[:] = [p for p in sys.path if not str(p).startswith("__editable__")]
+    for key in [k for k in sys.path_importer_cache if str(k).startswith("__editable__")]:
+        del sys.path_importer_cache[key]
+    return names
+
+
+def _mask_source_records(root: str, binds: list[str]) -> None:
+    """Bind an empty read-only file over every SOURCE_RECORDS file under the bound
+    site-packages directories of `binds`, inside the minimal root at `root`."""
+    import glob
+
+    empty = os.path.join(root, "etc", ".empty")
+    open(empty, "w").close()
+    for base in binds:
+        for site in glob.glob(os.path.join(base, "lib*", "python3*", "site-packages")):
+            for pattern in SOURCE_RECORDS:
+                for path in glob.glob(os.path.join(site, pattern)):
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        mount(empty, root + path, None, MS_BIND)
 
 
 def _vm_size_kb() -> int:
