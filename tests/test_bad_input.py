@@ -45,7 +45,10 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 def write_task(path: Path, rows: int = 2) -> Path:
     path.write_text(
-        "".join(json.dumps({"id": i, "question": f"{i} + 1?", "answer": i + 1}) + "\n" for i in range(rows))
+        "".join(
+            json.dumps({"id": i, "question": f"{i} + 1?", "answer": i + 1}) + "\n"
+            for i in range(rows)
+        )
     )
     return path
 
@@ -175,11 +178,16 @@ def _task_file(tmp_path: Path, kind: str) -> Path:
     content = {
         "empty": b"",
         "blank": b"\n  \n",
-        "latin1": good.encode() + '{"id": 1, "question": "caf\xe9?", "answer": 1}\n'.encode("latin-1"),
+        "latin1": good.encode()
+        + '{"id": 1, "question": "caf\xe9?", "answer": 1}\n'.encode("latin-1"),
         "bad_json": good.encode() + b'{"id": 1, "question": \n',
-        "huge_row": good.encode() + b'{"id": 1, "question": "' + b"x" * (2 << 20) + b'", "answer": 1}\n',
+        "huge_row": good.encode()
+        + b'{"id": 1, "question": "'
+        + b"x" * (2 << 20)
+        + b'", "answer": 1}\n',
         "huge_question": good.encode()
-        + json.dumps({"id": 1, "question": "y" * 70_000, "answer": 1}).encode() + b"\n",
+        + json.dumps({"id": 1, "question": "y" * 70_000, "answer": 1}).encode()
+        + b"\n",
         "no_answer": good.encode() + b'{"id": 1, "question": "2 + 2?"}\n',
     }[kind]
     p.write_bytes(content)
@@ -286,7 +294,8 @@ def test_resume_mismatch_names_each_changed_key(tiny_model_dir, tmp_path, capsys
     assert run_cli(capsys, *eval_args(tiny_model_dir, out, "--tools", "none"))[0] == 0
     before = (out / "trajectories.jsonl").read_bytes()
     code, text = run_cli(
-        capsys, *eval_args(tiny_model_dir, out, "--tools", "none", "--max-turns", "2", "--seed", "3")
+        capsys,
+        *eval_args(tiny_model_dir, out, "--tools", "none", "--max-turns", "2", "--seed", "3"),
     )
     assert code == 2
     assert "agent.max_turns: 4 -> 2" in text and "seed: 0 -> 3" in text, text
@@ -352,7 +361,9 @@ def test_sft_checks_unmarked_trajectories_by_decoding(eval_trajectories, tmp_pat
     assert code == 2 and "do not decode to their text" in text, text
 
 
-def test_sft_with_nothing_correct_names_the_flag(eval_trajectories, tiny_model_dir, tmp_path, capsys):
+def test_sft_with_nothing_correct_names_the_flag(
+    eval_trajectories, tiny_model_dir, tmp_path, capsys
+):
     code, text = run_cli(capsys, "sft", "--data", str(eval_trajectories), "--model",
                          str(tiny_model_dir), "--out", str(tmp_path / "sft"))  # fmt: skip
     assert code == 2 and "--all" in text and "not scored correct" in text, text
@@ -422,7 +433,9 @@ def test_no_deprecation_warnings_from_our_calls(tiny_model_dir, tmp_path):
         f"raise SystemExit(main({eval_args(tiny_model_dir, tmp_path / 'run', '--tools', 'none')!r}))\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": "error::FutureWarning"}
-    cp = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    cp = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300
+    )
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert "deprecated" not in cp.stderr
 
@@ -450,5 +463,7 @@ def test_viewer_decodes_runs_of_default_and_gguf_models(tiny_model_dir, tmp_path
     (run,) = runs.discover([str(run_dir)])
     assert runs.tokenizer_dir(run) == entry
     assert runs.tokenizer_dir(run, "default") == entry
-    assert runs.decode_pieces(entry, [5, 6]) and runs.tokenizer_dir(run, str(tmp_path / "x")) == entry
+    assert (
+        runs.decode_pieces(entry, [5, 6]) and runs.tokenizer_dir(run, str(tmp_path / "x")) == entry
+    )
     runs._converted_model_dir.cache_clear()

@@ -132,10 +132,14 @@ def check_tools(
                 "(or map a name to 'module:factory' in tool_plugins)"
             )
     proto = get_protocol(protocol)
-    unusable = [] if isinstance(proto, NativeProtocol) else [n for n in names if n not in proto.tools()]
+    unusable = (
+        [] if isinstance(proto, NativeProtocol) else [n for n in names if n not in proto.tools()]
+    )
     if unusable:
         callers = [
-            p for p, v in _protocols().items() if all(n in getattr(v, "tools", list)() for n in names)
+            p
+            for p, v in _protocols().items()
+            if all(n in getattr(v, "tools", list)() for n in names)
         ]
         raise ConfigError(
             f"agent.protocol: {protocol!r} has no call syntax for {', '.join(unusable)} (it "

@@ -72,7 +72,10 @@ def add_dataclass_args(
             kw = {"metavar": "A,B"}
             helptext += "; comma-separated, 'none' for an empty list"
         else:
-            kw = {"type": {int: int, float: float}.get(tp, str), "choices": f.metadata.get("choices")}
+            kw = {
+                "type": {int: int, float: float}.get(tp, str),
+                "choices": f.metadata.get("choices"),
+            }
         parser.add_argument(
             *names, dest=f.name, default=None, help=with_default(helptext, _default(f)), **kw
         )

@@ -278,7 +278,7 @@ def check_model_spec(spec: str | Path, what: str = "model") -> None:
         raise ModelNotFoundError(
             f"{what}: {path} has weights but no tokenizer (none of "
             f"{', '.join(_TOKENIZER_FILES)}). Copy the tokenizer of the model it came from "
-            "into it, e.g. python -c \"from transformers import AutoTokenizer; "
+            'into it, e.g. python -c "from transformers import AutoTokenizer; '
             f"AutoTokenizer.from_pretrained('BASE_DIR').save_pretrained('{path}')\"."
         )
 
@@ -328,7 +328,7 @@ def cache_arg(module: torch.nn.Module) -> str:
     return _cache_arg(getattr(forward, "__func__", forward))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_arg(forward: Callable[..., Any]) -> str:
     import inspect
 
@@ -346,10 +346,8 @@ def tokenizer_fingerprint(tok: Any) -> str:
         return cached
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-    try:
+    with contextlib.suppress(AttributeError):
         tok._trajlab_fingerprint = digest
-    except AttributeError:
-        pass
     return digest
 
 

@@ -197,9 +197,7 @@ def _check_inputs(
     scorer = scorer or make_scorer(config)
     prompt_builder(config.prompt)
     if tools is None:
-        check_tools(
-            config.agent.tools, config.agent.protocol, config.tool_plugins, config.tools
-        )
+        check_tools(config.agent.tools, config.agent.protocol, config.tool_plugins, config.tools)
     if engine is None:
         check_model_spec(config.model, "model")
     examples = (load_examples(config) if examples is None else examples)[: config.limit or None]

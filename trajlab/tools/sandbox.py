@@ -322,8 +322,11 @@ def _cgroup_kind(want: str) -> str | None:
 
 
 def _cgroup_roots(kind: str) -> dict[str, Path]:
-    if kind == "v1":
-        return {c: Path(f"/sys/fs/cgroup/{c}/trajlab") for c in ("memory", "pids")}
+    if kind == "v1":  # the freezer, where mounted, stops a session between its cells
+        ctrls = ["memory", "pids"] + (
+            ["freezer"] if Path("/sys/fs/cgroup/freezer").is_dir() else []
+        )
+        return {c: Path(f"/sys/fs/cgroup/{c}/trajlab") for c in ctrls}
     return {"unified": Path("/sys/fs/cgroup/trajlab")}
 
 
@@ -650,12 +653,24 @@ class SandboxPool:
         for s in self._slots:
             zy.cgroup_remove(s.unit)
             s.unit = None
+        for ctrl, sub in self._end_session_cgroups("session-*", 2.0):
+            zy.cgroup_remove({"kind": self._cg_kind, "dirs": {ctrl: str(sub)}})
         for d in self._pool_cg.values():
-            for sub in Path(d).glob("session-*"):
-                zy.cgroup_remove({"kind": self._cg_kind, "dirs": {"x": str(sub)}})
             with contextlib.suppress(OSError):
                 os.rmdir(d)
         self._pool_cg = {}
+
+    def _end_session_cgroups(self, pattern: str, deadline_s: float) -> list[tuple[str, Path]]:
+        """Thaw (a session is frozen between its cells; frozen tasks hold a SIGKILL) and
+        then kill what is left in the session cgroups matching `pattern`, in every
+        controller; returns the (controller, directory) pairs."""
+        found = [(c, sub) for c, d in self._pool_cg.items() for sub in Path(d).glob(pattern)]
+        units = [{"kind": self._cg_kind, "dirs": {c: str(sub)}} for c, sub in found]
+        for unit in units:
+            zy.cgroup_freeze(unit, False, timeout_s=0.2)
+        for unit in units:
+            zy.cgroup_kill_all(unit, deadline_s)
+        return found
 
     def _zygote_config(self, s: _Slot) -> dict:
         cfg = self.config
@@ -779,9 +794,7 @@ class SandboxPool:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             self._stop(s)
-        for d in self._pool_cg.values():  # this slot's sessions died with it; no other's
-            for sub in Path(d).glob(f"session-{_session_prefix(s)}*"):
-                zy.cgroup_kill_all({"kind": self._cg_kind, "dirs": {"x": str(sub)}}, 0.2)
+        self._end_session_cgroups(f"session-{_session_prefix(s)}*", 0.2)  # this slot's only
         self._launch(s)
         self._handshake(s)
         if self._layers:

@@ -426,13 +426,15 @@ def cgroup_pids(unit: dict | None) -> list[int]:
     return sorted(pids)
 
 
-def cgroup_kill_all(unit: dict | None, deadline_s: float = 2.0, exclude: int = -1) -> int:
-    """SIGKILL every process in the unit (but `exclude`, the zygote) until none is left;
-    returns how many were signalled."""
+def cgroup_kill_all(
+    unit: dict | None, deadline_s: float = 2.0, exclude: tuple[int, ...] = ()
+) -> int:
+    """SIGKILL every process in the unit (but those in `exclude`: the zygote and its fork
+    template) until none is left; returns how many were signalled."""
     killed = 0
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        pids = [p for p in cgroup_pids(unit) if p != exclude]
+        pids = [p for p in cgroup_pids(unit) if p not in exclude]
         if not pids:
             break
         for p in pids:
@@ -493,6 +495,46 @@ def cgroup_create(kind: str, parents: dict[str, str], name: str, limits: dict) -
             _write_text(os.path.join(u, "memory.swap.max"), "0")
         _write_text(os.path.join(u, "pids.max"), pids)
     return {"kind": kind, "dirs": dirs}
+
+
+def cgroup_freeze(unit: dict | None, frozen: bool, timeout_s: float = 2.0) -> bool:
+    """Freeze (or thaw) every process of the unit: cgroup v2's cgroup.freeze, v1's freezer
+    controller. Waits until the kernel reports the new state; returns whether it did (False
+    where the unit has no freezer)."""
+    if not unit:
+        return False
+    if unit["kind"] == "v2":
+        d = unit["dirs"]["unified"]
+        control, want = os.path.join(d, "cgroup.freeze"), "1" if frozen else "0"
+        state, done = os.path.join(d, "cgroup.events"), f"frozen {want}"
+    elif "freezer" in unit["dirs"]:
+        control = state = os.path.join(unit["dirs"]["freezer"], "freezer.state")
+        want = done = "FROZEN" if frozen else "THAWED"
+    else:
+        return False
+    try:
+        _write_text(control, want)
+        end = time.monotonic() + timeout_s
+        while done not in _read(state):
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.0005)
+    except OSError:
+        return False
+    return True
+
+
+def collect_unix_garbage() -> None:
+    """Make the kernel collect unreachable in-flight unix-socket descriptors now. A run can
+    leave memfds in flight on sockets that only reference each other; they stay charged to
+    the slot's cgroup after the run is dead, until the kernel's unix garbage collector runs,
+    which closing any unix socket triggers while descriptors are in flight (measured on
+    Linux 6.18: the next run got its whole limit back; tests/test_sandbox_memory_pinning.py)."""
+    import socket
+
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
 
 
 def cgroup_remove(unit: dict | None) -> None:
@@ -890,7 +932,164 @@ class Job:
         self.st_r, self.st_w = os.pipe()  # setup errors (strict mode) travel here
         self.extra: list[int] = []  # session pipes kept open in C2
         self.pid = 0
+        self.via_template = False  # forked by the zygote's Template (reaped through it)
         self.fallback_cwd = f"/tmp/trajlab-sandbox-{os.urandom(8).hex()}"
+
+
+def _template_job(z: Zygote, header: dict, fds: list[int]) -> Job:
+    """The Job of a sandbox the template forks: the settings in `header` (no run data) and
+    the child ends of the pipes the zygote made, received as descriptors."""
+    job = Job.__new__(Job)
+    job.z, job.kind, job.code = z, header["kind"], ""
+    job.limits, job.unit = header["limits"], header["unit"]
+    job.uid, job.gid = header["uid"], header["gid"]
+    job.join_unit = job.unit if job.kind == "session" else None
+    job.code_w, job.status, job.pid, job.via_template = -1, None, 0, False
+    job.out_r = job.err_r = job.st_r = -1
+    job.out_w, job.err_w, job.st_w, *job.extra = fds
+    job.fallback_cwd = header["fallback_cwd"]
+    return job
+
+
+class Template:
+    """The zygote's handle on its fork template: a child forked once, when the zygote is
+    configured and has handled no run, that forks every later sandbox (one-shot spares and
+    sessions). It never reads a request or an output, so a sandbox's address space holds
+    nothing of any other run: not the request loop's objects, not freed memory of earlier
+    runs (classes 1 and 2 of docs/sandbox.md's guarantees). The zygote sends it a job's
+    settings and the child ends of the job's pipes over a unix socket; it answers with the
+    sandbox's pid and later with its wait status (it is the sandbox's parent)."""
+
+    def __init__(self, z: Zygote) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                _template_main(z, theirs)
+            except BaseException:  # to the zygote log; the zygote sees the socket close
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.pid, self.sock, self.exits = pid, ours, {}
+
+    def spawn(self, job: Job) -> int:
+        import socket
+
+        header = {
+            "kind": job.kind, "limits": job.limits, "unit": job.unit, "uid": job.uid,
+            "gid": job.gid, "fallback_cwd": job.fallback_cwd,
+        }  # fmt: skip
+        fds = [job.out_w, job.err_w, job.st_w, *job.extra]
+        socket.send_fds(self.sock, [json.dumps(header).encode()], fds)
+        deadline = time.monotonic() + 30.0
+        while True:
+            msg = self._receive(deadline)
+            if "pid" in msg:
+                return int(msg["pid"])
+            if "error" in msg:
+                raise OSError(errno.EAGAIN, f"the fork template could not fork: {msg['error']}")
+
+    def wait(self, pid: int, timeout_s: float = 30.0) -> int:
+        """The wait status of sandbox `pid` (blocks until the template has reaped it)."""
+        deadline = time.monotonic() + timeout_s
+        while pid not in self.exits:
+            self._receive(deadline)
+        return self.exits.pop(pid)
+
+    def configure(self, layers: dict) -> None:
+        import socket
+
+        socket.send_fds(self.sock, [json.dumps({"layers": layers}).encode()], [])
+
+    def _receive(self, deadline: float) -> dict:
+        if not select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError("the fork template did not answer")
+        data = self.sock.recv(4096)
+        if not data:
+            raise OSError(errno.ECHILD, "the fork template exited")
+        msg = json.loads(data)
+        if "exit" in msg:
+            self.exits[int(msg["exit"])] = int(msg["status"])
+        return msg
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _template_main(z: Zygote, sock) -> None:
+    """The template's loop: fork a sandbox per job, report pids and wait statuses. It
+    dies with the zygote, never holds the pool's pipes, and is the parent its sandboxes
+    check for (PDEATHSIG, the pidfd of _fast_main, C1's getppid)."""
+    import socket
+
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != z.pid:
+        os._exit(0)  # the zygote died before PDEATHSIG was armed
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)  # the pool's pipes are the zygote's alone
+    os.close(null)
+    z.pid, z.template = os.getpid(), None
+    if z.self_pidfd >= 0:  # the fast path's children check their parent through it
+        z.self_pidfd = os.pidfd_open(z.pid)
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    z.template_fds = (wake_r, wake_w, sock.fileno())
+    while True:
+        ready = select.select([sock, wake_r], [], [])[0]
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not pid:
+                break
+            sock.send(json.dumps({"exit": pid, "status": status}).encode())
+        if sock in ready:
+            data, fds, _, _ = socket.recv_fds(sock, 65536, 16)
+            if not data:
+                os._exit(0)
+            header = json.loads(data)
+            if "layers" in header:
+                z.layers.update(header["layers"])
+                continue
+            job = _template_job(z, header, fds)
+            try:
+                z.fork_sandbox(job)
+                reply = {"pid": job.pid}
+            except OSError as e:
+                reply = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            sock.send(json.dumps(reply).encode())
+
+
+def _forget_template(fds: tuple[int, ...]) -> None:
+    """In a sandbox the template forked: drop its signal wiring and descriptors."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _c1_main(job: Job) -> None:
@@ -1294,6 +1493,7 @@ class Session:
         self.job, self.cell_w, self.done_r = job, cell_w, done_r
         self.last_used = time.monotonic()
         self.cells = 0
+        self.frozen = False  # between cells, where the cgroup freezer holds
 
 
 class Zygote:
@@ -1330,6 +1530,8 @@ class Zygote:
         self.env_is_child_env = dict(os.environ) == self.child_env
         self.pidns_fd = self.self_pidfd = -1
         self.mnt_template = -1  # fd of the template mount namespace (fast path)
+        self.template: Template | None = None  # forks every sandbox once configured
+        self.template_fds: tuple[int, ...] = ()  # set inside the template itself
 
     def startup(self) -> dict:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -1405,6 +1607,16 @@ class Zygote:
         (`_fast_main`), then returns to its own pid namespace: one fork of the large
         preloaded process per run. Otherwise (unprivileged) the two-fork order: C1
         drops the uid and unshares every namespace, C2 is pid 1 (`_c1_main`)."""
+        if self.template is not None and job.kind in ("spare", "session"):
+            job.pid = self.template.spawn(job)
+            job.via_template = True
+        else:
+            self.fork_sandbox(job)
+        for fd in (job.out_w, job.err_w, job.st_w, *job.extra):
+            os.close(fd)
+
+    def fork_sandbox(self, job: Job) -> None:
+        """The fork itself (in the zygote before it is configured, in its template after)."""
         fast = self.fast_spawn and self.layers["namespaces"] and self.layers["uid_drop"]
         if fast:
             unshare(CLONE_NEWPID)  # applies to the next child only
@@ -1417,6 +1629,8 @@ class Zygote:
             pid = os.fork()
         if pid == 0:
             try:
+                if self.template_fds:
+                    _forget_template(self.template_fds)
                 _fast_main(job) if fast else _c1_main(job)
             except SetupError as e:
                 _report_setup_error(job, str(e))
@@ -1424,8 +1638,6 @@ class Zygote:
                 _report_setup_error(job, f"{type(e).__name__}: {e}")
             os._exit(SETUP_FAIL)
         job.pid = pid
-        for fd in (job.out_w, job.err_w, job.st_w, *job.extra):
-            os.close(fd)
 
     def collect(self, job: Job, deadline: float, cap: int, done_r: int | None = None, nonce=None):
         """Read output until the sandbox ends (or, for a session cell, says it is done),
@@ -1491,16 +1703,26 @@ class Zygote:
         return bytes(bufs[job.out_r]), bytes(bufs[job.err_r]), why, done
 
     def kill(self, job: Job, unit: dict | None) -> None:
+        if job.kind == "session":  # frozen tasks would hold their SIGKILL until thawed
+            cgroup_freeze(unit, False)
         for target in (-job.pid, job.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(target, signal.SIGKILL)
-        cgroup_kill_all(unit, exclude=self.pid)
+        cgroup_kill_all(unit, exclude=self.own_pids())
+
+    def own_pids(self) -> tuple[int, ...]:
+        """The processes of the slot's cgroup that are not sandboxes."""
+        return (self.pid,) if self.template is None else (self.pid, self.template.pid)
 
     def reap(self, job: Job) -> tuple[int | None, int | None]:
         """Wait for C1; returns (exit_code, signal)."""
         if job.status is None:
-            _, job.status = os.waitpid(job.pid, 0)
+            if job.via_template:
+                job.status = self.template.wait(job.pid)
+            else:
+                _, job.status = os.waitpid(job.pid, 0)
         self._reap_strays(wait_s=1.0)
+        collect_unix_garbage()
         if os.WIFSIGNALED(job.status):
             return None, os.WTERMSIG(job.status)
         return os.WEXITSTATUS(job.status), None
@@ -1519,6 +1741,8 @@ class Zygote:
         tracked = {s.job.pid: s.job for s in self.sessions.values()}
         if self.spare is not None:
             tracked[self.spare.pid] = self.spare
+        if self.template is not None:  # it lives as long as we do
+            tracked[self.template.pid] = None
         end = time.monotonic() + wait_s
         while True:
             try:
@@ -1526,7 +1750,7 @@ class Zygote:
             except ChildProcessError:
                 return
             if pid:
-                if pid in tracked:
+                if tracked.get(pid) is not None:
                     tracked[pid].status = status
                 continue
             if not (self._children() - set(tracked)) or time.monotonic() >= end:
@@ -1594,7 +1818,7 @@ class Zygote:
             self.kill(job, self.unit)
         code, sig = self.reap(job)
         if self.unit:  # anything that escaped the namespace teardown
-            cgroup_kill_all(self.unit, exclude=self.pid)
+            cgroup_kill_all(self.unit, exclude=self.own_pids())
         elif not self.layers["namespaces"] and self.layers["uid_drop"] and self.uid is not None:
             kill_uid(self.uid)  # degraded mode: no pid namespace, no cgroup
         if os.path.lexists(job.fallback_cwd):  # degraded mode only (no mount namespace)
@@ -1617,6 +1841,10 @@ class Zygote:
             self.drop_spare()
             self.layers.update(req.layers)
             self.probing = False
+            if self.template is None:
+                self.template = Template(self)  # now, before any run has been handled
+            else:
+                self.template.configure(req.layers)
             return Status(req.nonce)
         if isinstance(req, Run):
             return self.run(req)
@@ -1660,6 +1888,9 @@ class Zygote:
         t0 = time.monotonic()
         oom0 = cgroup_oom_kills(s.job.unit)
         cell_nonce = base64.b16encode(os.urandom(8)).decode()
+        if s.frozen:  # frozen since its last cell returned: nothing ran in between
+            cgroup_freeze(s.job.unit, False)
+            s.frozen = False
         try:
             write_frame(s.cell_w, {"nonce": cell_nonce, "code": req.code}, t0 + req.timeout_s)
         except TimeoutError:  # still busy with an earlier cell (one that lied it was done)
@@ -1681,6 +1912,9 @@ class Zygote:
         s.cells += 1
         latency = time.monotonic() - t0
         if why == "done":
+            # Threads and processes the cell left behind stop with it until the next cell:
+            # a cell's wall limit binds everything it started.
+            s.frozen = cgroup_freeze(s.job.unit, True)
             rc = done.get("exit_code") if isinstance(done, dict) else None
             rc = rc if isinstance(rc, int) else 1
             return _result(req.nonce, out, err, rc, None, None, False, latency, "")
@@ -1719,6 +1953,9 @@ class Zygote:
         self.drop_spare()
         for sid in list(self.sessions):
             self._drop_session(sid)
+        if self.template is not None:
+            self.template.close()
+            self.template = None
         for pid in self._children():  # nothing may outlive the zygote (nor reach init)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -1783,8 +2020,12 @@ def drop_install_finders() -> list[str]:
     names = [m for m in list(sys.modules) if m.startswith("__editable__")]
     for name in names:
         mod = sys.modules.pop(name)
-        sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", "") != mod.__name__]
-        sys.path_hooks[:] = [h for h in sys.path_hooks if getattr(h, "__module__", "") != mod.__name__]
+        sys.meta_path[:] = [
+            f for f in sys.meta_path if getattr(f, "__module__", "") != mod.__name__
+        ]
+        sys.path_hooks[:] = [
+            h for h in sys.path_hooks if getattr(h, "__module__", "") != mod.__name__
+        ]
     sys.path[:] = [p for p in sys.path if not str(p).startswith("__editable__")]
     for key in [k for k in sys.path_importer_cache if str(k).startswith("__editable__")]:
         del sys.path_importer_cache[key]

@@ -73,7 +73,9 @@ def plan(config: Any) -> str:
     ]
     if (recipes / "quickstart.yaml").is_file():
         lines.append(f"  {cmd} configs/quickstart.yaml out=runs/quickstart   # short recipe")
-        lines.append(f"  {cmd} configs/zero_rl_arith.yaml out=runs/zero_rl   # the measured zero-RL run")
+        lines.append(
+            f"  {cmd} configs/zero_rl_arith.yaml out=runs/zero_rl   # the measured zero-RL run"
+        )
     lines += [
         f"  {cmd} out=runs/my_run          # the defaults above (any KEY=VALUE or flag starts a run)",
         f"  {cmd} --print-config           # every setting with its value, then exit",

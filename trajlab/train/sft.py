@@ -198,7 +198,8 @@ def _training_data(
         if dropped["no_model_tokens"]:
             hints.append(f"{dropped['no_model_tokens']} had no model tokens to train on")
         raise ConfigError(
-            f"no trajectories left to train on ({len(trajs)} read): " + "; ".join(hints or ["the files hold none"])
+            f"no trajectories left to train on ({len(trajs)} read): "
+            + "; ".join(hints or ["the files hold none"])
         )
     return data, dropped
 

@@ -24,8 +24,8 @@ _FLAGS = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from trajlab.flags import add_overrides, with_default
     from trajlab.config import field_help
+    from trajlab.flags import add_overrides, with_default
     from trajlab.train.config import SFTConfig
 
     sft, defaults = field_help(SFTConfig), SFTConfig()
@@ -52,7 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=tp, help=with_default(text, default))
     p.add_argument(
-        "--lora", action="store_true", help="train a LoRA adapter, merged into OUT/model (default: off)"
+        "--lora",
+        action="store_true",
+        help="train a LoRA adapter, merged into OUT/model (default: off)",
     )
     p.add_argument(
         "--all",

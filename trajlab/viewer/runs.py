@@ -19,7 +19,6 @@ What this module does not do: write into run directories (except the index cache
 
 from __future__ import annotations
 
-
 import json
 import math
 import re
