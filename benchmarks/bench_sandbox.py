@@ -78,14 +78,28 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def sandbox_cpu_ms(pool: SandboxPool) -> float:
-    """CPU time of the zygotes plus every sandbox they reaped (user+sys, ms)."""
+    """CPU time of the zygotes and their children that live on (each zygote's fork
+    template, which forks and reaps the sandboxes), plus every sandbox they reaped
+    (user+sys, ms)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for pid in pool.zygote_pids():
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    for zygote in pool.zygote_pids():
+        for pid in (zygote, *_children(zygote)):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a sandbox that ended meanwhile: its parent has counted it
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total * 1000 / tick
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def host_cpu_ms() -> float:
