@@ -467,3 +467,25 @@ def test_viewer_decodes_runs_of_default_and_gguf_models(tiny_model_dir, tmp_path
         runs.decode_pieces(entry, [5, 6]) and runs.tokenizer_dir(run, str(tmp_path / "x")) == entry
     )
     runs._converted_model_dir.cache_clear()
+
+
+def test_trajectory_lines_leave_out_default_loss_masks():
+    """A long prompt's all-zero mask is not written out; reading the line rebuilds it, and a
+    model segment with masked tokens keeps its mask."""
+    from trajlab.types import Segment, Trajectory
+
+    t = Trajectory(
+        example_id="q",
+        segments=[
+            Segment("prompt", list(range(5000)), "p"),
+            Segment("model", [1, 2, 3], "abc", logprobs=[-0.1, -0.2, -0.3]),
+            Segment("tool", [4, 5], "out"),
+            Segment("model", [6, 7], "de", logprobs=[-0.1, -0.1], loss_mask=[1, 0]),
+        ],
+    )
+    line = t.to_json()
+    stored = json.loads(line)["segments"]
+    assert ["loss_mask" in s for s in stored] == [False, False, False, True]
+    back = Trajectory.from_json(line)
+    assert back == t and back.loss_mask == t.loss_mask
+    assert len(line) < len(json.dumps(t.to_dict())) * 0.7

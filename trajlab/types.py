@@ -218,7 +218,15 @@ class Trajectory:
         )
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
+        """One JSONL line. A segment's loss_mask is left out where it is its source's
+        default (all 1 for model tokens, all 0 for every other source), which from_dict
+        rebuilds: on a long prompt it would otherwise be a third of the line."""
+        d = self.to_dict()
+        for seg, s in zip(d["segments"], self.segments):
+            mask = s.loss_mask or []
+            if all(mask) if s.source == "model" else not any(mask):
+                del seg["loss_mask"]
+        return json.dumps(d, ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_json(cls, line: str) -> Trajectory:

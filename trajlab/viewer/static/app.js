@@ -338,7 +338,7 @@
     let promptLen = 0, inPrompt = true;
     t.segments.forEach((s, si) => {
       if (inPrompt && s.source === "prompt") promptLen += s.token_ids.length; else inPrompt = false;
-      s.token_ids.forEach((id, j) => toks.push({ i: toks.length, seg: si, source: s.source, id, mask: s.loss_mask ? s.loss_mask[j] : 0, logprob: s.logprobs ? s.logprobs[j] : null }));
+      s.token_ids.forEach((id, j) => toks.push({ i: toks.length, seg: si, source: s.source, id, mask: s.loss_mask ? s.loss_mask[j] : defaultMask(s), logprob: s.logprobs ? s.logprobs[j] : null }));
     });
     const train = (t.metadata || {}).train || null;
     const nResp = toks.length - promptLen;
@@ -380,6 +380,11 @@
     tip.hidden = false;
     tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - tip.offsetWidth - 8) + "px";
     tip.style.top = ev.clientY + 14 + "px";
+  }
+
+  // A segment stored without loss_mask has its source's default: model tokens 1, others 0.
+  function defaultMask(s) {
+    return s.source === "model" ? 1 : 0;
   }
 
   // The example's reference answer (metadata.reference: a string, or a list of accepted ones).
@@ -427,7 +432,7 @@
       let k = 0;
       t.segments.forEach((s, si) => {
         const seg = h("div", { class: `seg seg-${s.source}`, dataset: { seg: si, source: s.source } },
-          h("div", { class: "seg-head" }, `${s.source} \u00b7 ${s.token_ids.length} tokens${s.source === "model" ? ` \u00b7 ${s.loss_mask.reduce((a, b) => a + b, 0)} trained` : ""}`));
+          h("div", { class: "seg-head" }, `${s.source} \u00b7 ${s.token_ids.length} tokens${s.source === "model" ? ` \u00b7 ${s.loss_mask ? s.loss_mask.reduce((a, b) => a + b, 0) : s.token_ids.length} trained` : ""}`));
         if (modeSel.value === "text") {
           seg.append(h("div", { class: "seg-text" }, s.text || "(no text stored)"));
           k += s.token_ids.length;
