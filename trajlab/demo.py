@@ -138,7 +138,7 @@ def build_sft_data(
 # -- stages (each runs in its own process) ---------------------------------------------
 
 
-def eval_config(model: str, out: Path, n: int) -> Any:
+def eval_config(model: str, out: Path, n: int, threads: int = 0) -> Any:
     from trajlab.eval.harness import EvalConfig
     from trajlab.tools.config import ToolsConfig
     from trajlab.tools.python import PythonToolConfig
@@ -150,6 +150,7 @@ def eval_config(model: str, out: Path, n: int) -> Any:
         limit=n,
         temperature=0.0,
         batch_size=n,
+        threads=threads,
         decode_dtype="auto",  # bf16 where the CPU has it: every stage alike, twice as fast
         out=str(out),
         progress=True,
@@ -161,7 +162,7 @@ def eval_config(model: str, out: Path, n: int) -> Any:
 def stage_eval(a: dict[str, Any], model: str, out: str) -> dict[str, Any]:
     from trajlab.eval.harness import evaluate
 
-    m = evaluate(eval_config(model, Path(out), a["eval_size"]), argv=a["argv"])
+    m = evaluate(eval_config(model, Path(out), a["eval_size"], a["threads"]), argv=a["argv"])
     keep = ("accuracy", "accuracy_ci", "tool_call_rate", "tool_call_rate_ci")
     return {**{k: m[k] for k in keep}, "by_kind": right_by_kind(Path(out), a["eval_size"])}
 
@@ -324,7 +325,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a plumbing check in a few minutes (20 questions, 8 episodes, 2 RL steps): too "
         "small to show the RL gain",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: one per core no other process is using)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.eval_size, args.sft_size, args.rl_steps = 20, 8, 2

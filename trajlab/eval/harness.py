@@ -30,6 +30,7 @@ from trajlab.engines.base import Engine, SamplingParams, check_sampling
 from trajlab.eval.metrics import compute_metrics
 from trajlab.progress import RolloutProgress
 from trajlab.rundir import failure_recorded, read_run_json, start_or_resume, update_run_json
+from trajlab.threads import ThreadGovernor
 from trajlab.tools.base import Tool
 from trajlab.tools.config import ToolsConfig
 from trajlab.types import Example, Trajectory, iter_jsonl, write_jsonl
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 AUTO_TEMPERATURE = -1.0  # the temperature that means "0 for n=1, else 1.0"
 # Keys that may change between an interrupted run and its resumption.
-_RESUMABLE_KEYS = {"out", "batch_size", "progress"}
+_RESUMABLE_KEYS = {"out", "batch_size", "progress", "threads"}
 
 
 @dataclass
@@ -86,6 +87,10 @@ class EvalConfig:
     task_seed: int = opt(0, "seed of a built-in task's question generator (arith, puzzles)")
     dtype: str = opt("float32", "model weights dtype on CPU", choices=("float32", "bfloat16"))
     batch_size: int = opt(16, "trajectories rolled out together")
+    threads: int = opt(
+        0,
+        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
+    )
     out: str = opt("", "run directory (default: runs/eval-<time>)")
     progress: bool = opt(True, "show a progress bar")
     prompt: str = opt(
@@ -297,8 +302,10 @@ def _roll_out(
     )
     correct = 0
     seen = 0
+    threads = ThreadGovernor(config.threads)
     try:
         for start in range(0, len(jobs), config.batch_size):
+            threads.adjust()
             chunk = jobs[start : start + config.batch_size]
             trajs = loop.run(chunk, progress=progress)
             for (ex, _), t in zip(chunk, trajs):

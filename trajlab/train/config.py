@@ -336,7 +336,10 @@ class TrainConfig:
     out: str = opt("", "run directory (default: runs/train-<time>); an existing one is resumed")
     steps: int = opt(10, "RL steps (rollout batches)")
     seed: int = opt(0, "seed of the data order, sampling and RNG states")
-    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    threads: int = opt(
+        0,
+        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -380,7 +383,10 @@ class SFTConfig:
     micro_batch_size: int = opt(4, "trajectories per forward/backward")
     max_length: int = opt(2048, "drop trajectories longer than this many tokens")
     seed: int = opt(0, "shuffle seed")
-    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    threads: int = opt(
+        0,
+        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
+    )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0))
     checkpoint_every: int = opt(
         0, "write a checkpoint every N optimizer steps (0: only at the end)"

@@ -92,6 +92,7 @@ from trajlab.models import (
 from trajlab.progress import RolloutProgress
 from trajlab.rewards.scorer import Scorer
 from trajlab.rundir import failure_recorded, start_or_resume, update_run_json
+from trajlab.threads import ThreadGovernor
 from trajlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -188,6 +189,7 @@ class StepBatch:
 def rl_step(run: Run, step: int) -> dict[str, Any]:
     """One RL step, steps 1-7 of the module docstring; returns its metrics row."""
     cfg = run.config
+    run.threads.adjust()
     t_step = time.perf_counter()
     timings: dict[str, float] = defaultdict(float)
 
@@ -815,6 +817,7 @@ def eval_config(cfg: TrainConfig, out: Path, n: int) -> Any:
         if cfg.eval.decode_dtype == "float32"
         else cfg.eval.decode_dtype,
         batch_size=cfg.eval.batch_size,
+        threads=cfg.threads,
         out=str(out),
         progress=False,
         prompt="" if cfg.data.prompt == "protocol" else cfg.data.prompt,
@@ -922,6 +925,7 @@ class Run:
     rows: list[dict[str, Any]] = field(default_factory=list)
     tb: TensorBoardLogger | None = None
     alarms_seen: set[str] = field(default_factory=set)
+    threads: ThreadGovernor = field(default_factory=ThreadGovernor)
 
     @property
     def on_policy(self) -> bool:
@@ -986,6 +990,7 @@ def setup(
             ref_model=ref_model,
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
             argv=list(argv if argv is not None else sys.argv),
+            threads=ThreadGovernor(cfg.threads),
         )
         resume(run)
     if cfg.log.tensorboard:
@@ -1054,8 +1059,6 @@ def run_examples(
 
 
 def seed_everything(cfg: TrainConfig) -> None:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     torch.manual_seed(cfg.seed)

@@ -34,6 +34,7 @@ import torch
 from trajlab.config import ConfigError, to_dict
 from trajlab.models import autocast_context, token_logprobs
 from trajlab.rundir import failure_recorded, start_or_resume, update_run_json
+from trajlab.threads import ThreadGovernor
 from trajlab.train.checkpoint import save_checkpoint
 from trajlab.train.config import SFTConfig
 from trajlab.train.policy import adamw, load_trainable
@@ -93,8 +94,6 @@ def sft(
 ) -> dict[str, Any]:
     """Fine-tune cfg.model on the trajectories; return final metrics plus `run_dir`/`model_dir`."""
     out = Path(cfg.out or f"runs/sft-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data, dropped = _training_data(cfg, trajectories)
     check_tokenizer(data, cfg.model.model)
@@ -122,7 +121,9 @@ def _fine_tune(
     last: dict[str, Any] = {}
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
+    threads = ThreadGovernor(cfg.threads)
     for step, (epoch, batch) in enumerate(_batches(cfg, data, total), start=1):
+        threads.adjust()
         last = {"step": step, "time": time.time(), "epoch": epoch}
         last |= sft_step(model, params, optimizer, scheduler, batch, pad_id, cfg)
         with open(metrics_path, "a") as f:
