@@ -117,7 +117,7 @@ def check_tools(
     """Unknown tool names, tools the protocol has no call syntax for, and tool settings
     that cannot start the tool (ToolSpec.check on its section of the ToolsConfig `config`)
     fail here, before any model loads or tool starts."""
-    from trajlab.agent.protocols import NativeProtocol, get_protocol
+    from trajlab.agent.protocols import PROTOCOLS, NativeProtocol, get_protocol
     from trajlab.tools import TOOLS
 
     known = [*TOOLS, *(plugins or {})]
@@ -138,8 +138,8 @@ def check_tools(
     if unusable:
         callers = [
             p
-            for p, v in _protocols().items()
-            if all(n in getattr(v, "tools", list)() for n in names)
+            for p, v in PROTOCOLS.items()
+            if not isinstance(v, NativeProtocol) and all(n in v.tools() for n in names)
         ]
         raise ConfigError(
             f"agent.protocol: {protocol!r} has no call syntax for {', '.join(unusable)} (it "
@@ -152,12 +152,6 @@ def check_tools(
                 TOOLS[name].check(config)
             except ValueError as e:
                 raise ConfigError(f"tools.{name}: {e}") from None
-
-
-def _protocols() -> dict[str, Any]:
-    from trajlab.agent.protocols import PROTOCOLS
-
-    return {n: p for n, p in PROTOCOLS.items() if n != "native"}
 
 
 def build_tools(
