@@ -34,6 +34,9 @@ def test_demo_runs_every_stage_and_reports_gains(tiny_model_dir, tmp_path, capsy
     for folder in ("eval_base", "eval_sft", "eval_rl"):
         assert (out / folder / "trajectories.jsonl").is_file()
     assert (out / "sft_data.jsonl").is_file() and (out / "rl" / "metrics.jsonl").is_file()
+    # RL trains a LoRA adapter; its evaluation loads the adapter merged into the SFT model.
+    (adapter,) = (out / "rl" / "checkpoints").glob("step_*/adapter")
+    assert json.loads((out / "eval_rl" / "config.json").read_text())["model"] == str(adapter)
     text = capsys.readouterr().out
     assert "gains (paired over the same questions): cold start" in text
     assert "RL over SFT" in text and "compare two stages:" in text

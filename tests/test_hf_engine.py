@@ -320,4 +320,72 @@ def test_decode_dtype_is_checked(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="decode_dtype must be one of"):
         HFEngine(tiny_model, tiny_tokenizer, decode_dtype="fp8")
     same = HFEngine(tiny_model, tiny_tokenizer, decode_dtype="float32")
-    assert same._decoder.current() is tiny_model  # no copy when the dtype already matches
+    with same._decoder.use() as m:
+        assert m is tiny_model  # no copy when the dtype already matches
+
+
+def _lora_policy(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from trajlab.models import load_model
+
+    policy = get_peft_model(
+        load_model(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+    )
+    with torch.no_grad():  # a trained adapter: B starts at zero, which would merge nothing
+        g = torch.Generator().manual_seed(0)
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return policy
+
+
+def test_lora_policy_decodes_merged_and_comes_back_unmerged(
+    tiny_model_dir, tiny_tokenizer, prompts
+):
+    policy = _lora_policy(tiny_model_dir)
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
+    engine = HFEngine(policy, tiny_tokenizer, max_batch_size=8)
+    merges = []
+    real_merge = policy.merge_adapter
+    policy.merge_adapter = lambda *a, **k: merges.append(1) or real_merge(*a, **k)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=3)
+    gens = engine.generate(prompts, params)
+    assert merges == [1]  # one merge per generate call, not per step
+    # Unmerged afterwards: adapters active again, every weight back within float rounding.
+    assert not any(getattr(m, "merged", False) for m in policy.modules())
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, weights[k], atol=1e-6, rtol=1e-6, msg=k)
+    # The merged decode samples what the unmerged (adapter-on) policy scores.
+    for k, (prompt, gen) in enumerate(zip(prompts, gens)):
+        want = _recomputed(policy, prompt, gen).tolist()
+        torch.testing.assert_close(gen.logprobs, want, atol=1e-4, rtol=0, msg=f"row {k}")
+    # ...and differs from the base model's own samples (the adapter is really applied).
+    with policy.disable_adapter():
+        base = HFEngine(policy.get_base_model(), tiny_tokenizer).generate(prompts, params)
+    assert [g.token_ids for g in base] != [g.token_ids for g in gens]
+
+
+def test_lora_policy_bf16_copy_is_merged_and_follows_the_adapter(
+    tiny_model_dir, tiny_tokenizer, prompts
+):
+    policy = _lora_policy(tiny_model_dir)
+    engine = HFEngine(policy, tiny_tokenizer, max_batch_size=8, decode_dtype="bfloat16")
+    before = engine.generate(prompts, GREEDY)
+    copy = engine._decoder.copy
+    assert not any("lora" in n for n, _ in copy.named_parameters())  # plain merged weights
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    with torch.no_grad():  # an optimizer step on the adapter only
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-3.0)
+    after = engine.generate(prompts, GREEDY)
+    assert engine._decoder.copy is not copy  # rebuilt from the new adapter
+    assert [g.token_ids for g in before] != [g.token_ids for g in after]
+    import copy as copy_module
+
+    merged = copy_module.deepcopy(policy).merge_and_unload()
+    rebuilt = dict(engine._decoder.copy.named_parameters())
+    for name, p in merged.named_parameters():
+        torch.testing.assert_close(rebuilt[name], p.detach().to(torch.bfloat16), msg=name)

@@ -517,3 +517,68 @@ class _Spy:
 
     def __getattr__(self, name):  # forward's signature, config, ... of the real decoder
         return getattr(self.decoder, name)
+
+
+# -- LoRA adapter directories as model specs -------------------------------------------
+
+
+@pytest.fixture
+def adapter_dir(tmp_path, tiny_model_dir):
+    """A LoRA checkpoint as a trajlab train run writes it (checkpoints/step_N/adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    from trajlab.train.checkpoint import save_checkpoint
+
+    policy = get_peft_model(
+        load_model(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    tok = load_tokenizer(tiny_model_dir)
+    step = save_checkpoint(
+        tmp_path / "run" / "checkpoints", 3, policy, None, None, state={}, tokenizer=tok
+    )
+    return SimpleNamespace(path=step / "adapter", policy=policy)
+
+
+def test_adapter_dir_loads_as_the_merged_model(adapter_dir, tiny_model_dir):
+    from trajlab.models import check_model_spec, token_logprobs
+
+    check_model_spec(adapter_dir.path)
+    merged = load_model(adapter_dir.path)
+    assert not hasattr(merged, "peft_config")  # a plain model, adapter folded in
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    want = token_logprobs(adapter_dir.policy.eval(), ids)
+    torch.testing.assert_close(token_logprobs(merged, ids), want, atol=1e-5, rtol=0)
+    base = token_logprobs(load_model(tiny_model_dir), ids)
+    assert not torch.allclose(base, want, atol=1e-3)  # the adapter really changed something
+    vocab = load_tokenizer(tiny_model_dir).get_vocab()
+    assert load_tokenizer(adapter_dir.path).get_vocab() == vocab  # saved next to the adapter
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (adapter_dir.path / f).unlink(missing_ok=True)
+    assert load_tokenizer(adapter_dir.path).get_vocab() == vocab  # else the base's
+
+
+def test_adapter_dir_errors_name_the_fix(adapter_dir, tmp_path):
+    import json as json_module
+
+    from trajlab.models import check_model_spec
+
+    cfg_path = adapter_dir.path / "adapter_config.json"
+    cfg = json_module.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    cfg_path.write_text(json_module.dumps(cfg))
+    with pytest.raises(ModelNotFoundError, match="base model of the adapter.*does not exist"):
+        check_model_spec(adapter_dir.path)
+    cfg["base_model_name_or_path"] = None
+    cfg_path.write_text(json_module.dumps(cfg))
+    with pytest.raises(ModelNotFoundError, match="names no base model"):
+        check_model_spec(adapter_dir.path)
+    for f in adapter_dir.path.glob("adapter_model.*"):
+        f.unlink()
+    with pytest.raises(ModelNotFoundError, match="no adapter weights"):
+        check_model_spec(adapter_dir.path)
+    with pytest.raises(ModelNotFoundError, match="no adapter weights"):
+        load_model(adapter_dir.path)

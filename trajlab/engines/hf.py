@@ -39,9 +39,10 @@ prefix caching across calls, or trimming left padding that no live row needs any
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -139,11 +140,11 @@ class HFEngine:
         # identical prompts (a GRPO group's samples) land next to each other and share
         # one prefill.
         order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), tuple(prompts[i])))
-        model = self._decoder.current()
-        for s in range(0, len(order), self.max_batch_size):
-            chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
-            prompt_ids = [tuple(prompts[q.index]) for q in chunk]
-            self._decode_batch(model, prompt_ids, chunk, params, list(stop), on_tokens)
+        with self._decoder.use() as model:
+            for s in range(0, len(order), self.max_batch_size):
+                chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
+                prompt_ids = [tuple(prompts[q.index]) for q in chunk]
+                self._decode_batch(model, prompt_ids, chunk, params, list(stop), on_tokens)
         return [self._to_generation(q) for q in seqs]
 
     # -- the decode loop ---------------------------------------------------------
@@ -250,6 +251,12 @@ class _DecodeWeights:
     last copy, which torch's in-place version counters tell us (an optimizer step bumps
     them), so the engine always samples from the current weights without the trainer
     having to remember a sync call.
+
+    A LoRA policy (peft) decodes with its adapter folded into the weights: the extra
+    low-rank matmuls and peft's per-module Python cost 24 % of decode time on the default
+    model (docs/performance.md). Without a copy, the adapter is merged in place for one
+    generate call and unmerged after it (peft's merge_adapter / unmerge_adapter; the
+    weights come back within float rounding, tested); a copy is rebuilt merged instead.
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None) -> None:
@@ -259,24 +266,55 @@ class _DecodeWeights:
         self.copy: torch.nn.Module | None = None
         self.versions: list[int] = []
         self.needs_copy = self.dtype != own
+        self.lora = _has_lora(model)
 
-    def current(self) -> torch.nn.Module:
-        if not self.needs_copy:
-            return self.model
+    @contextlib.contextmanager
+    def use(self) -> Iterator[torch.nn.Module]:
+        """The module to decode with, for the duration of one generate call."""
+        if self.needs_copy:
+            yield self._current_copy()
+        elif self.lora:
+            with _lora_merged(self.model):
+                yield self.model
+        else:
+            yield self.model
+
+    def _current_copy(self) -> torch.nn.Module:
         params = list(self.model.parameters())
         versions = [p._version for p in params]
-        if self.copy is None:
-            self.copy = copy.deepcopy(self.model)
+        if self.copy is not None and versions == self.versions:
+            return self.copy
+        if self.copy is None or self.lora:  # a merged copy has other parameters: rebuild it
+            self.copy = None
+            with torch.no_grad():
+                src = copy.deepcopy(self.model)
+                self.copy = src.merge_and_unload() if self.lora else src
             for p in self.copy.parameters():
                 p.requires_grad_(False)
                 p.data = p.data.to(self.dtype)
             self.copy.eval()
-        elif versions != self.versions:
+        else:
             with torch.no_grad():
                 for dst, src in zip(self.copy.parameters(), params, strict=True):
                     dst.copy_(src)
         self.versions = versions
         return self.copy
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    """A peft model whose adapter can be merged into its base weights."""
+    return hasattr(model, "peft_config") and hasattr(model, "merge_adapter")
+
+
+@contextlib.contextmanager
+def _lora_merged(model: torch.nn.Module) -> Iterator[None]:
+    with torch.inference_mode(False), torch.no_grad():
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            model.unmerge_adapter()
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -8,6 +8,8 @@ A checkpoint directory `step_XXXXXX/` holds:
     model/          full fine-tuning: a Hugging Face checkpoint (config, safetensors, tokenizer),
                     loadable on its own: `trajlab eval --model .../model`
     adapter/        LoRA: the peft adapter (adapter_config.json, adapter_model.safetensors)
+                    and the tokenizer; `trajlab eval --model .../adapter` merges it into
+                    the base model adapter_config.json names
     optimizer.pt    AdamW state;  scheduler.pt: LR scheduler state
     rng.pt          python `random`, numpy and torch RNG states
     trainer_state.json  step, data cursor and anything else the trainer passes in `state`
@@ -84,12 +86,10 @@ def save_checkpoint(
     target = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=root))
     try:
-        if is_peft(model):
-            model.save_pretrained(tmp / "adapter")
-        else:
-            model.save_pretrained(tmp / "model")
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp / "model")
+        weights = tmp / ("adapter" if is_peft(model) else "model")
+        model.save_pretrained(weights)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(weights)
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
