@@ -24,8 +24,17 @@ Failures are data, never exceptions out of `run`: a malformed call becomes an ob
 telling the model what was wrong; a crashing tool ends that episode with `tool_error`;
 an engine failure ends the affected episodes with `error`. Other episodes go on.
 
+Continuous batching (`continuous_batching: true`, engines with `stream`, such as hf):
+instead of generating every waiting episode's turn together and then running every
+call, one decode batch runs throughout; an episode whose turn ends leaves it, its call
+runs in the pool while the others keep decoding, and it rejoins as soon as its
+observation is appended, prefilling only the tokens its cached KV does not cover; new
+episodes join as slots free up (trajlab/engines/stream.py). The trajectories hold the
+same segments either way; greedy outputs are the same (tested), sampled ones are seeded
+per (episode, turn).
+
 What this loop does not do: score trajectories (see rewards/) or batch across calls of
-`run` (continuous batching belongs to the engine).
+`run`.
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ import inspect
 import logging
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +81,11 @@ class AgentConfig:
     )
     stateful: bool = opt(False, "keep Python variables between the calls of one trajectory")
     tool_threads: int = opt(8, "threads that wait on tool calls concurrently")
+    continuous_batching: bool = opt(
+        False,
+        "one running decode batch that episodes leave while their tool call runs and rejoin "
+        "with a prefill of the observation only (engines with `stream`, e.g. hf)",
+    )
 
     def __post_init__(self) -> None:
         for name, lo in (
@@ -162,7 +176,9 @@ class AgentLoop:
             ]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
-                while True:
+                if self.streams:
+                    self._run_streaming(episodes, pool)
+                while not self.streams:
                     waiting = [e for e in episodes if not e.done and e.pending is None]
                     if not waiting:
                         break
@@ -198,19 +214,9 @@ class AgentLoop:
     def _generate(self, episodes: list[_Episode]) -> None:
         batches: dict[tuple[int, tuple[str, ...]], list[_Episode]] = defaultdict(list)
         for e in episodes:
-            budget = min(
-                self.config.max_new_tokens_per_turn,
-                self.config.max_new_tokens - e.response_len,
-                self.max_context - len(e.ids),
-            )
-            if budget <= 0:
-                reason = "context_overflow" if self.max_context - len(e.ids) <= 0 else "length"
-                self._end(e, reason)
-                continue
-            stops = (
-                () if self._final_turn(e) else tuple(self.protocol.stop_strings(list(self.tools)))
-            )
-            batches[(budget, stops)].append(e)
+            plan = self._turn_plan(e)
+            if plan is not None:
+                batches[plan].append(e)
         for (budget, stops), group in batches.items():
             params = SamplingParams(
                 temperature=self.sampling.temperature,
@@ -286,79 +292,170 @@ class AgentLoop:
         self._end(e, "length" if g.finish_reason == "length" else "answer")
 
     def _act(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:
-        futures = []
-        for e in episodes:
-            action = e.pending
-            assert action is not None
-            e.calls += 1
-            if action.kind == "bad_call":
-                result = ToolResult(
-                    output=f"Error: {action.error}",
-                    ok=False,
-                    status="parse_error",
-                    error=action.error,
-                )
-                futures.append((e, action, None, result))
-                continue
-            e.calls_by_tool[action.tool] += 1
-            limit = self.config.max_calls_per_tool.get(action.tool)
-            if limit is not None and e.calls_by_tool[action.tool] > limit:
-                msg = f"the {action.tool} tool may be called at most {limit} times"
-                futures.append(
-                    (
-                        e,
-                        action,
-                        None,
-                        ToolResult(output=f"Error: {msg}", ok=False, status="limit", error=msg),
-                    )
-                )
-                continue
-            tool = e.sessions.get(action.tool) or self.tools[action.tool]
-            futures.append((e, action, pool.submit(_timed_run, tool, action.args), None))
-        running = sum(fut is not None for _, _, fut, _ in futures)
+        started = [(e, e.pending, *self._start_call(e, pool)) for e in episodes]
+        running = sum(fut is not None for _, _, fut, _ in started)
         if self._progress is not None and running:
             self._progress.tools_started(running)
-        for e, action, fut, result in futures:
-            e.pending = None
-            if fut is not None:
-                try:
-                    result = fut.result()
-                except Exception as exc:  # the tool itself broke: end this episode only
-                    e.traj.tool_calls.append(
-                        ToolCall(
-                            action.tool or "?",
-                            action.args,
-                            ok=False,
-                            status="tool_error",
-                            error=repr(exc),
-                            turn=e.turns,
-                        )
-                    )
-                    self._end(
-                        e,
-                        "tool_error",
-                        f"tool {action.tool} raised: {exc!r}\n{traceback.format_exc(limit=3)}",
-                    )
-                    continue
-            assert result is not None
-            e.traj.tool_calls.append(
-                ToolCall(
-                    action.tool or "?",
-                    action.args,
-                    result=result.output,
-                    ok=result.ok,
-                    latency_s=result.latency_s,
-                    error=result.error,
-                    status=result.status,
-                    turn=e.turns,
-                    metadata=dict(result.metadata),
-                )
-            )
-            self._append_observation(e, action.tool or "?", result.output)
+        for e, action, fut, result in started:
+            self._finish_call(e, action, fut, result)
         if self._progress is not None and running:
             self._progress.tools_finished(running)
 
+    def _start_call(
+        self, e: _Episode, pool: ThreadPoolExecutor
+    ) -> tuple[Future | None, ToolResult | None]:
+        """Submit the episode's pending call: (its future, None), or (None, the result)
+        when it cannot run (a malformed call, a per-tool limit)."""
+        action = e.pending
+        assert action is not None
+        e.calls += 1
+        if action.kind == "bad_call":
+            error = action.error
+            return None, ToolResult(
+                output=f"Error: {error}", ok=False, status="parse_error", error=error
+            )
+        e.calls_by_tool[action.tool] += 1
+        limit = self.config.max_calls_per_tool.get(action.tool)
+        if limit is not None and e.calls_by_tool[action.tool] > limit:
+            msg = f"the {action.tool} tool may be called at most {limit} times"
+            return None, ToolResult(output=f"Error: {msg}", ok=False, status="limit", error=msg)
+        tool = e.sessions.get(action.tool) or self.tools[action.tool]
+        return pool.submit(_timed_run, tool, action.args), None
+
+    def _finish_call(
+        self, e: _Episode, action: Action, fut: Future | None, result: ToolResult | None
+    ) -> None:
+        """Record the call's result (waiting for it if needed) and append the observation;
+        a tool that raised ends this episode only."""
+        e.pending = None
+        if fut is not None:
+            try:
+                result = fut.result()
+            except Exception as exc:  # the tool itself broke: end this episode only
+                e.traj.tool_calls.append(
+                    ToolCall(
+                        action.tool or "?",
+                        action.args,
+                        ok=False,
+                        status="tool_error",
+                        error=repr(exc),
+                        turn=e.turns,
+                    )
+                )
+                self._end(
+                    e,
+                    "tool_error",
+                    f"tool {action.tool} raised: {exc!r}\n{traceback.format_exc(limit=3)}",
+                )
+                return
+        assert result is not None
+        e.traj.tool_calls.append(
+            ToolCall(
+                action.tool or "?",
+                action.args,
+                result=result.output,
+                ok=result.ok,
+                latency_s=result.latency_s,
+                error=result.error,
+                status=result.status,
+                turn=e.turns,
+                metadata=dict(result.metadata),
+            )
+        )
+        self._append_observation(e, action.tool or "?", result.output)
+
+    # -- continuous batching -------------------------------------------------------
+    @property
+    def streams(self) -> bool:
+        """Whether `run` uses one continuous decode batch (config.continuous_batching and
+        an engine that can stream) instead of turn-by-turn batches."""
+        return self.config.continuous_batching and bool(getattr(self.engine, "can_stream", False))
+
+    def _run_streaming(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:
+        """GENERATE and ACT overlapped: an episode leaves the decode batch when its turn
+        ends, its call runs in the pool while the others decode, and it rejoins the batch
+        (prefilling only the observation) when the result is in."""
+        ready = deque(k for k, e in enumerate(episodes) if not e.done)
+        calls: dict[Future, tuple[int, Action]] = {}
+        final: dict[int, bool] = {}
+        progress = self._progress
+        s = self.sampling
+        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+        hook = progress.add_tokens if progress is not None else None
+        with self.engine.stream(params, on_tokens=hook) as stream:
+            while ready or stream.busy or calls:
+                while ready and stream.free_slots > 0:
+                    k = ready.popleft()
+                    self._join(stream, k, episodes[k], final)
+                for k, gen in self._step(stream, episodes):
+                    e = episodes[k]
+                    self._take_turn(e, gen, final=final.pop(k))
+                    if e.pending is not None:
+                        action = e.pending
+                        fut, result = self._start_call(e, pool)
+                        if fut is None:
+                            self._finish_call(e, action, None, result)
+                        else:
+                            calls[fut] = (k, action)
+                            if progress is not None:
+                                progress.tools_started(1)
+                            continue
+                    self._after_turn(stream, k, e, ready)
+                if calls:
+                    idle = not (stream.busy or ready)
+                    done, _ = wait(calls, timeout=None if idle else 0, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        k, action = calls.pop(fut)
+                        self._finish_call(episodes[k], action, fut, None)
+                        if progress is not None:
+                            progress.tools_finished(1)
+                        self._after_turn(stream, k, episodes[k], ready)
+
+    def _join(self, stream: Any, k: int, e: _Episode, final: dict[int, bool]) -> None:
+        plan = self._turn_plan(e)
+        if plan is None:  # ended on its budget
+            stream.forget(k)
+            return
+        budget, stops = plan
+        final[k] = not stops
+        seed = None if self.sampling.seed is None else self.sampling.seed + 7919 * e.turns
+        stream.add(k, e.ids, max_new_tokens=budget, stop=list(stops), seed=seed, index=k)
+
+    def _step(self, stream: Any, episodes: list[_Episode]) -> list[tuple[int, Generation]]:
+        if not stream.busy:
+            return []
+        try:
+            return stream.step()
+        except Exception as exc:  # an engine failure ends the episodes it was decoding
+            keys = stream.abort()
+            log.error("engine failed on %d episodes: %s", len(keys), exc)
+            for k in keys:
+                self._end(episodes[k], "error", f"engine error: {exc!r}")
+            return []
+
+    @staticmethod
+    def _after_turn(stream: Any, k: int, e: _Episode, ready: deque) -> None:
+        if e.done:
+            stream.forget(k)
+        else:
+            ready.append(k)
+
     # -- helpers ---------------------------------------------------------------
+    def _turn_plan(self, e: _Episode) -> tuple[int, tuple[str, ...]] | None:
+        """(token budget, stop strings) of the episode's next turn, or None after ending
+        it because no budget is left."""
+        budget = min(
+            self.config.max_new_tokens_per_turn,
+            self.config.max_new_tokens - e.response_len,
+            self.max_context - len(e.ids),
+        )
+        if budget <= 0:
+            reason = "context_overflow" if self.max_context - len(e.ids) <= 0 else "length"
+            self._end(e, reason)
+            return None
+        stops = () if self._final_turn(e) else tuple(self.protocol.stop_strings(list(self.tools)))
+        return budget, stops
+
     def _final_turn(self, e: _Episode) -> bool:
         return (
             e.turns + 1 >= self.config.max_turns

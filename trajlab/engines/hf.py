@@ -33,8 +33,10 @@ Speed (docs/performance.md has the measurements):
   * stop strings are found by decoding only the tail of a sequence that can hold a newly
     completed one (see _window), so the check stays linear in the output length.
 
-What it does not do (yet): continuous batching (new prompts joining a running batch),
-prefix caching across calls, or trimming left padding that no live row needs any more.
+Continuous batching (rows joining and leaving a running batch, a returning row prefilling
+only what its cached prefix does not cover) is `stream()`: trajlab/engines/stream.py.
+What `generate` does not do: prefix caching across calls, or trimming left padding that
+no live row needs any more.
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ import copy
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
 from trajlab.models import cache_arg
+
+if TYPE_CHECKING:
+    from trajlab.engines.stream import DecodeStream
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, index) pairs over the 64-bit seed space
 
@@ -146,6 +152,27 @@ class HFEngine:
                 prompt_ids = [tuple(prompts[q.index]) for q in chunk]
                 self._decode_batch(model, prompt_ids, chunk, params, list(stop), on_tokens)
         return [self._to_generation(q) for q in seqs]
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether `stream` works for this model (trajlab.engines.stream.supports_stream)."""
+        from trajlab.engines.stream import supports_stream
+
+        return supports_stream(self.model)
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        params: SamplingParams,
+        on_tokens: Callable[[int], None] | None = None,
+        max_rows: int | None = None,
+    ) -> Iterator[DecodeStream]:
+        """A continuous-batching decode stream over the current weights (at most
+        `max_rows`, default max_batch_size, rows at once); see trajlab.engines.stream."""
+        from trajlab.engines.stream import DecodeStream
+
+        with self._decoder.use() as model:
+            yield DecodeStream(self, model, params, max_rows or self.max_batch_size, on_tokens)
 
     # -- the decode loop ---------------------------------------------------------
 
