@@ -149,9 +149,7 @@ def test_continuous_batching_keeps_the_ledger_invariant(marker_protocol):
         assert Trajectory.from_json(t.to_json()) == t
 
 
-def test_continuous_batching_gives_the_greedy_trajectories_of_the_turn_loop(
-    tmp_path, monkeypatch
-):
+def test_continuous_batching_gives_the_greedy_trajectories_of_the_turn_loop(tmp_path, monkeypatch):
     # A larger init makes greedy text vary between prompts (at 0.02 it is all newlines);
     # calls close at a letter greedy decoding writes in most first turns.
     path = make_tiny_model(tmp_path / "m", init_std=0.1)
