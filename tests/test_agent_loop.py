@@ -18,6 +18,14 @@ from trajlab.tools.fake import ScriptedTool
 from trajlab.types import Example, Trajectory
 
 
+@pytest.fixture(autouse=True, params=["turn loop", "continuous"])
+def mode(request, monkeypatch):
+    """Every test runs with the turn-by-turn loop and with continuous batching (over the
+    fake engine: trajlab.engines.stream.GenerateStream)."""
+    monkeypatch.setattr(AgentLoop, "streams", property(lambda self: request.param == "continuous"))
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = make_tiny_model(tmp_path_factory.mktemp("tiny-agent") / "m")

@@ -24,7 +24,8 @@ Failures are data, never exceptions out of `run`: a malformed call becomes an ob
 telling the model what was wrong; a crashing tool ends that episode with `tool_error`;
 an engine failure ends the affected episodes with `error`. Other episodes go on.
 
-Continuous batching (`continuous_batching: true`, engines with `stream`, such as hf):
+Continuous batching (`continuous_batching: true`; the hf engine's `stream`, any other
+engine through a stream of plain generate calls):
 instead of generating every waiting episode's turn together and then running every
 call, one decode batch runs throughout; an episode whose turn ends leaves it, its call
 runs in the pool while the others keep decoding, and it rejoins as soon as its
@@ -84,7 +85,7 @@ class AgentConfig:
     continuous_batching: bool = opt(
         False,
         "one running decode batch that episodes leave while their tool call runs and rejoin "
-        "with a prefill of the observation only (engines with `stream`, e.g. hf)",
+        "with a prefill of the observation only (hf; other engines overlap calls only)",
     )
 
     def __post_init__(self) -> None:
@@ -367,14 +368,17 @@ class AgentLoop:
     # -- continuous batching -------------------------------------------------------
     @property
     def streams(self) -> bool:
-        """Whether `run` uses one continuous decode batch (config.continuous_batching and
-        an engine that can stream) instead of turn-by-turn batches."""
-        return self.config.continuous_batching and bool(getattr(self.engine, "can_stream", False))
+        """Whether `run` overlaps turns and calls through one decode stream
+        (config.continuous_batching) instead of turn-by-turn batches. An engine without a
+        stream of its own gets trajlab.engines.stream.GenerateStream (no KV reuse)."""
+        return self.config.continuous_batching
 
     def _run_streaming(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:
         """GENERATE and ACT overlapped: an episode leaves the decode batch when its turn
         ends, its call runs in the pool while the others decode, and it rejoins the batch
         (prefilling only the observation) when the result is in."""
+        from trajlab.engines.stream import open_stream
+
         ready = deque(k for k, e in enumerate(episodes) if not e.done)
         calls: dict[Future, tuple[int, Action]] = {}
         final: dict[int, bool] = {}
@@ -382,7 +386,7 @@ class AgentLoop:
         s = self.sampling
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
         hook = progress.add_tokens if progress is not None else None
-        with self.engine.stream(params, on_tokens=hook) as stream:
+        with open_stream(self.engine, params, on_tokens=hook) as stream:
             while ready or stream.busy or calls:
                 while ready and stream.free_slots > 0:
                     k = ready.popleft()

@@ -29,16 +29,23 @@ Reproducibility: a row's generator is seeded from (seed, index), as HFEngine.gen
 prompt `index` of a call, so a row samples what it would alone, up to float differences
 between batch shapes (which can flip a near-tie).
 
+Engines without a stream of their own (the fake engine, remote ones) get `GenerateStream`
+through `open_stream`: the same interface, each step one `generate` call per (budget, stop
+strings, seed) for the rows added since the last step, so an agent loop can run every
+engine the same way (without KV reuse: a returning row is prefilled whole).
+
 What it does not do: preempt rows when memory runs out (admission is bounded by
 `max_rows` only), or share a cached prefix between different keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Callable, Hashable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -343,6 +350,91 @@ class DecodeStream:
     @staticmethod
     def _num_layers(cached: list) -> int:
         return len(next(c for c in cached if c is not None))
+
+
+class GenerateStream:
+    """DecodeStream's interface over any engine's `generate` (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Any,
+        params: SamplingParams,
+        max_rows: int,
+        on_tokens: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine, self.params, self.max_rows, self.on_tokens = (
+            engine,
+            params,
+            max_rows,
+            on_tokens,
+        )
+        self.waiting: list[tuple[Hashable, list[int], int, tuple[str, ...], int | None]] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting)
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_rows - len(self.waiting)
+
+    def add(
+        self,
+        key: Hashable,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        index: int = 0,
+    ) -> None:
+        if any(w[0] == key for w in self.waiting):
+            raise ValueError(f"{key!r} is already generating in this stream")
+        self.waiting.append((key, list(prompt_ids), max_new_tokens, tuple(stop), seed))
+
+    def forget(self, key: Hashable) -> None:
+        pass  # nothing is cached
+
+    def abort(self) -> list[Hashable]:
+        keys = [w[0] for w in self.waiting]
+        self.waiting = []
+        return keys
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        groups: dict[tuple, list] = defaultdict(list)
+        for w in self.waiting:
+            groups[w[2:]].append(w)
+        finished = []
+        for (budget, stop, seed), rows in groups.items():
+            p = self.params
+            params = SamplingParams(p.temperature, p.top_p, p.top_k, budget, seed)
+            gens = self.engine.generate([w[1] for w in rows], params, stop=list(stop))
+            if len(gens) != len(rows):
+                raise RuntimeError(
+                    f"engine returned {len(gens)} generations for {len(rows)} prompts"
+                )
+            if self.on_tokens is not None:
+                self.on_tokens(sum(len(g.token_ids) for g in gens))
+            finished += [(w[0], g) for w, g in zip(rows, gens)]
+            self.waiting = [w for w in self.waiting if w not in rows]
+        return finished
+
+
+@contextlib.contextmanager
+def open_stream(
+    engine: Any,
+    params: SamplingParams,
+    on_tokens: Callable[[int], None] | None = None,
+    max_rows: int | None = None,
+) -> Iterator[DecodeStream | GenerateStream]:
+    """The engine's own continuous-batching stream where it has one that works for its
+    model, else a GenerateStream over its `generate`."""
+    if getattr(engine, "can_stream", False):
+        with engine.stream(params, on_tokens=on_tokens, max_rows=max_rows) as stream:
+            yield stream
+    else:
+        yield GenerateStream(
+            engine, params, max_rows or getattr(engine, "max_batch_size", 64), on_tokens
+        )
 
 
 # -- pure helpers ------------------------------------------------------------------------
