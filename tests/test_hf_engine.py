@@ -380,9 +380,15 @@ def test_lora_policy_bf16_copy_is_merged_and_follows_the_adapter(
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.mul_(-3.0)
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
     after = engine.generate(prompts, GREEDY)
-    assert engine._decoder.copy is not copy  # rebuilt from the new adapter
+    assert engine._decoder.copy is copy  # refreshed in place from the new adapter
     assert [g.token_ids for g in before] != [g.token_ids for g in after]
+    for k, v in policy.state_dict().items():  # the refresh's merge was undone
+        torch.testing.assert_close(v, weights[k], atol=1e-6, rtol=1e-6, msg=k)
+    versions = list(engine._decoder.versions)
+    engine.generate(prompts, GREEDY)
+    assert engine._decoder.versions == versions  # no spurious refresh after an unmerge
     import copy as copy_module
 
     merged = copy_module.deepcopy(policy).merge_and_unload()

@@ -281,9 +281,10 @@ class _DecodeWeights:
 
     A LoRA policy (peft) decodes with its adapter folded into the weights: the extra
     low-rank matmuls and peft's per-module Python cost 24 % of decode time on the default
-    model (docs/performance.md). Without a copy, the adapter is merged in place for one
+    model (docs/training.md). Without a copy, the adapter is merged in place for one
     generate call and unmerged after it (peft's merge_adapter / unmerge_adapter; the
-    weights come back within float rounding, tested); a copy is rebuilt merged instead.
+    weights come back within float rounding, tested); a copy holds the merged weights
+    (built once, then refreshed in place the same way, so no second fp32 model exists).
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None) -> None:
@@ -307,25 +308,37 @@ class _DecodeWeights:
             yield self.model
 
     def _current_copy(self) -> torch.nn.Module:
-        params = list(self.model.parameters())
-        versions = [p._version for p in params]
+        versions = [p._version for p in self.model.parameters()]
         if self.copy is not None and versions == self.versions:
             return self.copy
-        if self.copy is None or self.lora:  # a merged copy has other parameters: rebuild it
-            self.copy = None
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.copy is None:  # a merged copy has the base model's plain parameters
                 src = copy.deepcopy(self.model)
                 self.copy = src.merge_and_unload() if self.lora else src
-            for p in self.copy.parameters():
-                p.requires_grad_(False)
-                p.data = p.data.to(self.dtype)
-            self.copy.eval()
-        else:
-            with torch.no_grad():
-                for dst, src in zip(self.copy.parameters(), params, strict=True):
+                for p in self.copy.parameters():
+                    p.requires_grad_(False)
+                    p.data = p.data.to(self.dtype)
+                self.copy.eval()
+            elif self.lora:  # refreshed in place from the weights with the adapter merged
+                with _lora_merged(self.model):
+                    merged = _base_weights(self.model)
+                    for name, dst in self.copy.named_parameters():
+                        dst.copy_(merged[name])
+            else:
+                for dst, src in zip(self.copy.parameters(), self.model.parameters(), strict=True):
                     dst.copy_(src)
-        self.versions = versions
+        self.versions = [p._version for p in self.model.parameters()]  # after any (un)merge
         return self.copy
+
+
+def _base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A peft model's base parameters under the names of its merged, unloaded model
+    (`...q_proj.base_layer.weight` -> `...q_proj.weight`), adapter parameters left out."""
+    return {
+        name.replace(".base_layer", ""): p
+        for name, p in model.get_base_model().named_parameters()
+        if "lora_" not in name
+    }
 
 
 def _has_lora(model: torch.nn.Module) -> bool:
