@@ -34,9 +34,6 @@ def test_demo_runs_every_stage_and_reports_gains(tiny_model_dir, tmp_path, capsy
     for folder in ("eval_base", "eval_sft", "eval_rl"):
         assert (out / folder / "trajectories.jsonl").is_file()
     assert (out / "sft_data.jsonl").is_file() and (out / "rl" / "metrics.jsonl").is_file()
-    # RL trains a LoRA adapter; its evaluation loads the adapter merged into the SFT model.
-    (adapter,) = (out / "rl" / "checkpoints").glob("step_*/adapter")
-    assert json.loads((out / "eval_rl" / "config.json").read_text())["model"] == str(adapter)
     text = capsys.readouterr().out
     assert "gains (paired over the same questions): cold start" in text
     assert "RL over SFT" in text and "compare two stages:" in text
@@ -50,3 +47,20 @@ def test_teacher_writes_the_expression_it_was_given():
     ex = next(e for e in load_task("arith", split="train", n=50) if e.meta["style"] == "expression")
     code = demo.solution_code(ex)
     assert code.startswith("print(") and str(eval(code[6:-1])) == ex.answer  # noqa: S307
+
+
+@pytest.mark.smoke
+@pytest.mark.sandbox
+def test_demo_with_a_lora_rl_stage_evaluates_the_adapter(tiny_model_dir, tmp_path):
+    out = tmp_path / "demo"
+    rc = demo.main(
+        [
+            "--model", str(tiny_model_dir), "--out", str(out), "--eval-size", "2",
+            "--sft-size", "2", "--rl-steps", "1", "--threads", "1", "--rl-lora",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    # RL trained a LoRA adapter; its evaluation loaded it merged into the SFT model.
+    (adapter,) = (out / "rl" / "checkpoints").glob("step_*/adapter")
+    assert json.loads((out / "eval_rl" / "config.json").read_text())["model"] == str(adapter)
+    assert "lora: true" in (out / "rl" / "config.yaml").read_text()

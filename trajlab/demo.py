@@ -20,8 +20,8 @@ each printed as it runs:
      are token-exact trajectories with the tool output masked out of the loss. No word
      problem is shown;
   2. `trajlab sft` on them (model tokens only, 4 optimizer steps), then held-out evaluation;
-  3. GRPO (`trajlab train`, a LoRA adapter on the SFT model) with the real sandbox on
-     training word problems, the part the cold start left out, then held-out evaluation. Why this split
+  3. GRPO (`trajlab train`) from the SFT model with the real sandbox on training word
+     problems, the part the cold start left out, then held-out evaluation. Why this split
      (docs/results.md, section 2): after the cold start the model calls the tool on every
      question and about half of the word-problem groups mix right and wrong samples, so
      GRPO has signal there; expression groups are all right and would teach nothing;
@@ -217,8 +217,27 @@ def stage_sft(a: dict[str, Any], base: str, out: str) -> dict[str, Any]:
     return {"model_dir": sft(cfg, argv=a["argv"])["model_dir"]}
 
 
+FULL = [
+    "optim.lr=1e-5",
+    # Memory (docs/performance.md, target 4): activations are recomputed in the backward
+    # pass and two rows are forwarded at a time; the gradient is the same.
+    "model.gradient_checkpointing=true",
+    "algo.micro_batch_size=2",
+]
+# --rl-lora (docs/performance.md, section 4): a rank-16 adapter on every linear layer keeps
+# no gradient or AdamW moments for the base weights, so activations need no recomputation
+# and four rows of a group share one prompt pass; LoRA takes about ten times the learning
+# rate of full fine-tuning.
+LORA = [
+    "model.lora=true",
+    "optim.lr=2e-4",
+    "model.gradient_checkpointing=false",
+    "algo.micro_batch_size=4",
+]
+
+
 def rl_overrides(a: dict[str, Any], model: str, out: str) -> list[str]:
-    """GRPO as in configs/zero_rl_arith.yaml, shorter, training a LoRA adapter."""
+    """GRPO as in configs/zero_rl_arith.yaml, shorter, with smaller micro-batches."""
     return [
         f"out={out}",
         f"model.model={model}",
@@ -234,15 +253,7 @@ def rl_overrides(a: dict[str, Any], model: str, out: str) -> list[str]:
         "tools.python.timeout_s=5",
         "reward.weights={math_correct: 1.0}",
         "filters.zero_variance=true",
-        # Memory and time (docs/results.md, section 2): a LoRA adapter on every linear layer
-        # instead of all weights keeps no gradient or AdamW moments for the 135M base weights
-        # (1.6 GiB in fp32), so activations need no recomputation and four rows of a group
-        # share one prompt pass; LoRA takes a learning rate about ten times full
-        # fine-tuning's (1e-5 in configs/zero_rl_arith.yaml).
-        "model.lora=true",
-        "optim.lr=2e-4",
-        "model.gradient_checkpointing=false",
-        "algo.micro_batch_size=4",
+        *(LORA if a.get("rl_lora") else FULL),
         "log.checkpoint_every=1000",
         "log.keep_checkpoints=1",
         "eval.every=0",
@@ -324,6 +335,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="share of word problems among the RL training questions (default: 1.0: the "
         "part the cold start does not show)",
+    )
+    p.add_argument(
+        "--rl-lora",
+        action="store_true",
+        help="GRPO trains a LoRA adapter (rank 16, lr 2e-4) instead of every weight: measured "
+        "in docs/performance.md, section 4 (default: off)",
     )
     p.add_argument(
         "--quick",
