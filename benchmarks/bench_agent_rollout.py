@@ -35,24 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-AGENT = dict(
-    protocol="code",
-    tools=["python"],
-    max_turns=3,
-    max_tool_calls=2,
-    max_new_tokens_per_turn=96,
-    max_new_tokens=224,
-)
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return "unknown"
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return ",".join(shown) or "none of avx2/avx512"
+from trajlab.demo import AGENT  # noqa: E402  (the demo's GRPO rollout budgets)
 
 
 def make_loop(engine, tools, continuous: bool, temperature: float, seed: int):
@@ -110,6 +93,7 @@ def main() -> None:
     from trajlab.agent.loop import AgentConfig
     from trajlab.build import build_tools, resolve_decode_dtype
     from trajlab.engines.hf import HFEngine
+    from trajlab.models import cpu_feature_summary
     from trajlab.tasks import load_task
     from trajlab.threads import ThreadGovernor
     from trajlab.tools.config import ToolsConfig
@@ -125,7 +109,7 @@ def main() -> None:
     jobs = [(ex, i) for ex in examples for i in range(args.group)]
     print(
         f"agent rollout benchmark: {os.cpu_count()} cores ({platform.processor() or platform.machine()}, "
-        f"flags {cpu_flags()}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"flags {cpu_feature_summary()}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"decode dtype {engine.decode_dtype}, load average {os.getloadavg()[0]:.2f} at start"
     )
     print(f"workload: {len(examples)} arith questions x {args.group} samples, T={args.temperature}, "

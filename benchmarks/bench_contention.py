@@ -101,16 +101,6 @@ def measure(setting: str, condition: str, seconds: float, kind: str) -> tuple[fl
     return tok_s, sorted({t for r in results for t in r["threads"]})
 
 
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return "unknown"
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return ",".join(shown) or "none of avx2/avx512"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -119,10 +109,12 @@ def main() -> None:
     ap.add_argument("--workloads", default="decode,train", help="decode,train (default: both)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
+    from trajlab.models import cpu_feature_summary
+
     conditions = ("idle", "one busy process", "two trajlab")
     print(
         f"contention benchmark: {os.cpu_count()} cores ({platform.processor() or platform.machine()}, "
-        f"flags {cpu_flags()}), load average {os.getloadavg()[0]:.2f} at start"
+        f"flags {cpu_feature_summary()}), load average {os.getloadavg()[0]:.2f} at start"
     )
     rows = []
     for kind in args.workloads.split(","):

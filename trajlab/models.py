@@ -405,15 +405,25 @@ def native_bf16() -> bool:
     On such CPUs bf16 matmuls run about twice as fast as fp32; elsewhere torch emulates
     them and bf16 is slower. `auto` dtype settings in trajlab choose bf16 only here.
     """
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_feature_summary() -> str:
+    """The flags that decide trajlab's speed on a CPU, for benchmark headers."""
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    return ",".join(shown) or "none of avx2/avx512"
 
 
 def autocast_context(setting: str) -> contextlib.AbstractContextManager:

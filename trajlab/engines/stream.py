@@ -180,9 +180,9 @@ class DecodeStream:
         finished: list[tuple[Hashable, Generation]] = []
         keep: list[int] = []
         for j, (r, t, lp) in enumerate(zip(self.rows, tokens.tolist(), logprobs.tolist())):
-            if self._append(r, t, lp):
+            if self.engine._append(r, t, lp, r.stop):  # HFEngine's stop checks
                 self.parked[r.key] = _Parked(r.covered, self._row_kv(j))
-                finished.append((r.key, self._generation(r)))
+                finished.append((r.key, self.engine._to_generation(r)))
             else:
                 keep.append(j)
         if len(keep) < len(self.rows):
@@ -322,30 +322,6 @@ class DecodeStream:
     def _row_kv(self, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         real = self.mask[j].bool()
         return [(k[j][:, real].clone(), v[j][:, real].clone()) for k, v in self.kv]
-
-    def _append(self, r: _Row, token: int, logprob: float) -> bool:
-        from trajlab.engines.hf import _first_stop, _window
-
-        r.token_ids.append(token)
-        r.logprobs.append(logprob)
-        if token in self.engine.eos_token_ids:
-            r.finish_reason = "eos"
-        elif r.stop and (
-            hit := _first_stop(self.engine._decode(r.token_ids[-_window(r.stop) :]), r.stop)
-        ):
-            r.finish_reason, r.stop_string = "stop", hit
-        elif len(r.token_ids) >= r.budget:
-            r.finish_reason = "length"
-        return r.finish_reason is not None
-
-    def _generation(self, r: _Row) -> Generation:
-        return Generation(
-            token_ids=r.token_ids,
-            logprobs=r.logprobs,
-            finish_reason=r.finish_reason or "length",
-            stop_string=r.stop_string,
-            text=self.engine._decode(r.token_ids),
-        )
 
     @staticmethod
     def _num_layers(cached: list) -> int:
