@@ -159,3 +159,22 @@ def test_repack_moves_real_positions_right_in_order():
     [(k2, _)], new_mask = _repack([(k, k.clone())], mask)
     assert new_mask.tolist() == [[1, 1, 1], [0, 1, 1], [0, 1, 1]]
     assert k2[:, 0, :, 0].tolist() == [[1, 2, 4], [0, 5, 9], [0, 13, 14]]
+
+
+def test_returning_rows_are_admitted_together(engine, prompts):
+    # Eight long-running rows and one short one: the short one's return waits (at most
+    # ADMIT_WAIT steps) instead of costing an admission of its own right away.
+    from trajlab.engines.stream import ADMIT_WAIT
+
+    with engine.stream(GREEDY) as stream:
+        for i in range(8):
+            stream.add(i, prompts[4] + [i + 3], max_new_tokens=40)
+        stream.add("short", prompts[0], max_new_tokens=1)
+        done = dict(stream.step())  # admits all nine; "short" ends at its first token
+        assert stream.admissions == 1 and "short" in done
+        stream.add("short", prompts[0] + done["short"].token_ids + [7], max_new_tokens=2)
+        for held in range(1, ADMIT_WAIT + 1):
+            stream.step()
+            assert stream.admissions == 1 and stream.held == held  # not yet
+        stream.step()
+        assert stream.admissions == 2 and not stream.waiting  # admitted after ADMIT_WAIT steps

@@ -12,8 +12,10 @@ batch, and a sequence that comes back with more context prefills only the new pa
 How it works. The running batch is one KV cache [B, heads, L, dim] per layer with every
 row left-padded (an attention mask marks real positions, position ids count real tokens
 only), and the logits each row samples its next token from. `step()`:
-  1. admits the rows added since the last step: a row whose key has a parked KV keeps the
-     longest prefix that KV shares with its new tokens and prefills the rest on top of it;
+  1. admits the rows added since the last step (held back until a quarter of the batch is
+     waiting, for at most ADMIT_WAIT steps, so returning rows join together): a row whose
+     key has a parked KV keeps the longest prefix that KV shares with its new tokens and
+     prefills the rest on top of it;
      a new row prefills its whole prompt (identical new prompts, a GRPO group, once). The
      admitted rows are prefilled as one batch ([left pad][cached part][pad][new tokens],
      holes masked) and the whole batch is repacked left-padded, so no hole survives;
@@ -54,6 +56,9 @@ from trajlab.models import cache_arg
 
 if TYPE_CHECKING:
     from trajlab.engines.hf import HFEngine
+
+
+ADMIT_WAIT = 4  # decode steps a waiting row may be held back for others to join it
 
 
 @dataclass
@@ -107,6 +112,8 @@ class DecodeStream:
         self.logits: torch.Tensor | None = None  # [B, V]: what each row samples next from
         self.prefilled_tokens = 0  # tokens run through prefill (new rows' uncached parts)
         self.reused_tokens = 0  # tokens whose KV came from a parked row instead
+        self.admissions = 0  # prefill + repack rounds
+        self.held = 0  # steps the waiting rows have waited so far
 
     # -- public -------------------------------------------------------------------
 
@@ -168,9 +175,11 @@ class DecodeStream:
         finished, each once."""
         from trajlab.engines.hf import _pick
 
-        if self.waiting:
+        if self.waiting and self._admit_now():
             self._admit(self.waiting)
-            self.waiting = []
+            self.waiting, self.held = [], 0
+        elif self.waiting:
+            self.held += 1
         if not self.rows:
             return []
         assert self.logits is not None
@@ -194,8 +203,15 @@ class DecodeStream:
 
     # -- admission -------------------------------------------------------------------
 
+    def _admit_now(self) -> bool:
+        """Admit waiting rows together rather than one by one: each admission is a prefill
+        and a copy of the whole batch's KV, so rows returning from tools one at a time
+        wait until a quarter of the batch is waiting, or for at most ADMIT_WAIT steps."""
+        return not self.rows or len(self.waiting) * 4 >= len(self.rows) or self.held >= ADMIT_WAIT
+
     def _admit(self, new: list[_Row]) -> None:
         """Prefill the new rows on top of their parked prefixes and repack the batch."""
+        self.admissions += 1
         cached: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = []
         suffixes: list[tuple[int, ...]] = []
         starts: list[int] = []
