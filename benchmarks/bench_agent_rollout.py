@@ -119,10 +119,8 @@ def main() -> None:
         same = greedy_check(engine, tools, jobs[: args.group])
         print(f"greedy trajectories identical in both modes (first group): {same}")
         rows = []
-        order = [False, True] * args.repeats
         for k in range(args.repeats):  # A B B A ...
-            pair = order[2 * k : 2 * k + 2]
-            for continuous in pair if k % 2 == 0 else pair[::-1]:
+            for continuous in (False, True) if k % 2 == 0 else (True, False):
                 r = run_once(engine, tools, jobs, continuous, args.temperature, seed=7)
                 rows.append(r)
                 print(f"  {r['mode']:10s} {r['wall_s']:7.1f} s  {r['episodes_per_s']:.3f} ep/s  "

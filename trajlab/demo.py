@@ -275,10 +275,7 @@ STAGES = {"eval": stage_eval, "sft": stage_sft, "rl": stage_rl}
 
 
 def _child(name: str, a: dict[str, Any], args: tuple, result_path: str) -> None:
-    if a["threads"]:
-        import torch
-
-        torch.set_num_threads(a["threads"])
+    # Threads: every stage's config gets a["threads"] (its ThreadGovernor applies it).
     result = STAGES[name](a, *args)
     Path(result_path).write_text(json.dumps(result))
 

@@ -332,11 +332,17 @@ def load_tokenizer(spec: str | Path, log: Log = _stderr):
     from transformers import AutoTokenizer
 
     path = Path(spec).expanduser()
-    if is_adapter_dir(path) and not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        return load_tokenizer(adapter_base(path), log=log)  # older checkpoints: the base's
     if is_adapter_dir(path):
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if any((path / f).is_file() for f in _TOKENIZER_FILES):
+            return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return load_tokenizer(adapter_base(path), log=log)  # older checkpoints: the base's
     return AutoTokenizer.from_pretrained(resolve_model_dir(spec, log=log), local_files_only=True)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    """A peft model (here: a LoRA adapter over a base model). Its base model also carries
+    `peft_config`, so the wrapper is told apart by its merge_adapter method."""
+    return hasattr(model, "peft_config") and hasattr(model, "merge_adapter")
 
 
 def is_adapter_dir(path: Path) -> bool:

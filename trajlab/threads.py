@@ -7,8 +7,8 @@ share of it when something else is busy.
 torch's OpenMP workers spin at every parallel region's barrier. On a laptop with 2 cores,
 one other busy process takes a core from one of trajlab's two threads and the other thread
 spins waiting for it: decoding dropped to 27 % of its idle speed and a training step to
-43 %, where one thread kept 84 % and 55 % (benchmarks/bench_contention.py, docs/
-performance.md section 5). Passive waiting (OMP_WAIT_POLICY=PASSIVE) fixes contention too
+21 %, where this governor keeps 71 % and 58 % (benchmarks/bench_contention.py, docs/
+performance.md section 6). Passive waiting (OMP_WAIT_POLICY=PASSIVE) fixes contention too
 but costs 30-40 % when idle, so the default keeps torch's active waiting and uses one
 thread per core that no other process is using: `threads = cores - busy`, at least 1,
 measured from /proc/stat (all CPU time) minus this process's own time since the previous
@@ -26,6 +26,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+HELP = (
+    "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes"
+)
 RECHECK_S = 5.0  # how often adjust() looks at the load again
 OVERSUBSCRIBED = 0.7  # another process using this much of a core counts as busy
 

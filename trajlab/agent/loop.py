@@ -179,19 +179,23 @@ class AgentLoop:
             with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
                 if self.streams:
                     self._run_streaming(episodes, pool)
-                while not self.streams:
-                    waiting = [e for e in episodes if not e.done and e.pending is None]
-                    if not waiting:
-                        break
-                    self._generate(waiting)
-                    acting = [e for e in episodes if not e.done and e.pending is not None]
-                    self._act(acting, pool)
+                else:
+                    self._run_turns(episodes, pool)
         finally:
             self._progress = None
         for e in episodes:
             self._finish(e)
         log.debug("rolled out %d trajectories in %.1fs", len(episodes), time.perf_counter() - t0)
         return [e.traj for e in episodes]
+
+    def _run_turns(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:
+        """GENERATE every waiting episode's turn together, then ACT on every call."""
+        while True:
+            waiting = [e for e in episodes if not e.done and e.pending is None]
+            if not waiting:
+                return
+            self._generate(waiting)
+            self._act([e for e in episodes if not e.done and e.pending is not None], pool)
 
     # -- states ----------------------------------------------------------------
     def _start(self, example: Example, sample_index: int, group_id: str) -> _Episode:
@@ -224,9 +228,7 @@ class AgentLoop:
                 top_p=self.sampling.top_p,
                 top_k=self.sampling.top_k,
                 max_new_tokens=budget,
-                seed=None
-                if self.sampling.seed is None
-                else self.sampling.seed + 7919 * group[0].turns,
+                seed=self._turn_seed(group[0].turns),
             )
             progress = self._progress
             report = progress is not None and self._engine_reports_tokens
@@ -391,7 +393,7 @@ class AgentLoop:
                 while ready and stream.free_slots > 0:
                     k = ready.popleft()
                     self._join(stream, k, episodes[k], final)
-                for k, gen in self._step(stream, episodes):
+                for k, gen in self._step(stream, episodes, final):
                     e = episodes[k]
                     self._take_turn(e, gen, final=final.pop(k))
                     if e.pending is not None:
@@ -422,19 +424,25 @@ class AgentLoop:
             return
         budget, stops = plan
         final[k] = not stops
-        seed = None if self.sampling.seed is None else self.sampling.seed + 7919 * e.turns
+        seed = self._turn_seed(e.turns)
         stream.add(k, e.ids, max_new_tokens=budget, stop=list(stops), seed=seed, index=k)
 
-    def _step(self, stream: Any, episodes: list[_Episode]) -> list[tuple[int, Generation]]:
+    def _step(
+        self, stream: Any, episodes: list[_Episode], final: dict[int, bool]
+    ) -> list[tuple[int, Generation]]:
+        """One stream step. An engine failure ends every episode the stream holds (those
+        in `final`, which maps each joined episode to its turn's kind), including any whose
+        turn had finished in the failed step, and empties the stream."""
         if not stream.busy:
             return []
         try:
             return stream.step()
-        except Exception as exc:  # an engine failure ends the episodes it was decoding
-            keys = stream.abort()
-            log.error("engine failed on %d episodes: %s", len(keys), exc)
-            for k in keys:
+        except Exception as exc:
+            stream.abort()
+            log.error("engine failed on %d episodes: %s", len(final), exc)
+            for k in final:
                 self._end(episodes[k], "error", f"engine error: {exc!r}")
+            final.clear()
             return []
 
     @staticmethod
@@ -459,6 +467,10 @@ class AgentLoop:
             return None
         stops = () if self._final_turn(e) else tuple(self.protocol.stop_strings(list(self.tools)))
         return budget, stops
+
+    def _turn_seed(self, turns: int) -> int | None:
+        """The sampling seed of a turn: one per turn number, so turns do not repeat draws."""
+        return None if self.sampling.seed is None else self.sampling.seed + 7919 * turns
 
     def _final_turn(self, e: _Episode) -> bool:
         return (

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
-from trajlab.models import cache_arg
+from trajlab.models import cache_arg, is_peft
 
 if TYPE_CHECKING:
     from trajlab.engines.stream import DecodeStream
@@ -294,7 +294,7 @@ class _DecodeWeights:
         self.copy: torch.nn.Module | None = None
         self.versions: list[int] = []
         self.needs_copy = self.dtype != own
-        self.lora = _has_lora(model)
+        self.lora = is_peft(model)  # a LoRA adapter: decoded merged
 
     @contextlib.contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
@@ -339,11 +339,6 @@ def _base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name, p in model.get_base_model().named_parameters()
         if "lora_" not in name
     }
-
-
-def _has_lora(model: torch.nn.Module) -> bool:
-    """A peft model whose adapter can be merged into its base weights."""
-    return hasattr(model, "peft_config") and hasattr(model, "merge_adapter")
 
 
 @contextlib.contextmanager

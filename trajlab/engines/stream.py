@@ -18,7 +18,7 @@ only), and the logits each row samples its next token from. `step()`:
      prefills the rest on top of it;
      a new row prefills its whole prompt (identical new prompts, a GRPO group, once). The
      admitted rows are prefilled as one batch ([left pad][cached part][pad][new tokens],
-     holes masked) and the whole batch is repacked left-padded, so no hole survives;
+     holes masked), repacked left-padded and appended, so no hole survives;
   2. samples one token for every row (trajlab.engines.hf._pick: the same sampler, logprob
      convention and per-row generators as HFEngine.generate);
   3. parks the KV of every row that finished (EOS, a stop string, its token budget) and
@@ -261,7 +261,7 @@ class DecodeStream:
         cache = DynamicCache(config=self.model.config)
         if lc:
             layers = []
-            for layer in range(self._num_layers(cached)):
+            for layer in range(len(next(c for c in cached if c is not None))):
                 k0, v0 = next(c for c in cached if c is not None)[layer]
                 heads, dim = k0.shape[0], k0.shape[-1]
                 k = k0.new_zeros(b, heads, lc, dim)
@@ -291,7 +291,10 @@ class DecodeStream:
         mask: torch.Tensor,
         logits: torch.Tensor,
     ) -> None:
-        """Append the prefilled rows to the batch and repack every row left-padded."""
+        """Append the prefilled rows, repacked left-padded, to the batch. Only they can hold
+        holes: the running batch stays left-padded (decode appends on the right, `_select`
+        drops rows and left columns), so it is not copied twice."""
+        kv, mask = _repack(kv, mask)
         if self.rows:
             width = max(mask.shape[1], self.mask.shape[1])
             kv = [
@@ -302,8 +305,7 @@ class DecodeStream:
             mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
             logits = torch.cat([self.logits, logits])
         self.rows = self.rows + new
-        self.logits = logits
-        self.kv, self.mask = _repack(kv, mask)
+        self.kv, self.mask, self.logits = kv, mask, logits
         self.next_pos = self.mask.sum(-1)  # real tokens so far: the next position
 
     # -- the running batch --------------------------------------------------------------
@@ -338,10 +340,6 @@ class DecodeStream:
     def _row_kv(self, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         real = self.mask[j].bool()
         return [(k[j][:, real].clone(), v[j][:, real].clone()) for k, v in self.kv]
-
-    @staticmethod
-    def _num_layers(cached: list) -> int:
-        return len(next(c for c in cached if c is not None))
 
 
 class GenerateStream:
@@ -407,7 +405,7 @@ class GenerateStream:
             if self.on_tokens is not None:
                 self.on_tokens(sum(len(g.token_ids) for g in gens))
             finished += [(w[0], g) for w, g in zip(rows, gens)]
-            self.waiting = [w for w in self.waiting if w not in rows]
+        self.waiting = []
         return finished
 
 

@@ -30,6 +30,7 @@ from trajlab.engines.base import Engine, SamplingParams, check_sampling
 from trajlab.eval.metrics import compute_metrics
 from trajlab.progress import RolloutProgress
 from trajlab.rundir import failure_recorded, read_run_json, start_or_resume, update_run_json
+from trajlab.threads import HELP as THREADS_HELP
 from trajlab.threads import ThreadGovernor
 from trajlab.tools.base import Tool
 from trajlab.tools.config import ToolsConfig
@@ -87,10 +88,7 @@ class EvalConfig:
     task_seed: int = opt(0, "seed of a built-in task's question generator (arith, puzzles)")
     dtype: str = opt("float32", "model weights dtype on CPU", choices=("float32", "bfloat16"))
     batch_size: int = opt(16, "trajectories rolled out together")
-    threads: int = opt(
-        0,
-        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
-    )
+    threads: int = opt(0, THREADS_HELP)
     out: str = opt("", "run directory (default: runs/eval-<time>)")
     progress: bool = opt(True, "show a progress bar")
     prompt: str = opt(

@@ -42,15 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajlab.models import is_peft
+
 _STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config")
 
 
 def rng_state() -> dict[str, Any]:

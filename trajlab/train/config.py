@@ -37,6 +37,7 @@ from trajlab.algos.advantages import ADVANTAGES
 from trajlab.algos.length import check_schedule
 from trajlab.algos.losses import AGG_MODES, KL_ESTIMATORS, KL_PLACES, RATIO_LEVELS
 from trajlab.config import at_least, opt
+from trajlab.threads import HELP as THREADS_HELP
 from trajlab.tools.config import ToolsConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -336,10 +337,7 @@ class TrainConfig:
     out: str = opt("", "run directory (default: runs/train-<time>); an existing one is resumed")
     steps: int = opt(10, "RL steps (rollout batches)")
     seed: int = opt(0, "seed of the data order, sampling and RNG states")
-    threads: int = opt(
-        0,
-        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
-    )
+    threads: int = opt(0, THREADS_HELP)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -383,10 +381,7 @@ class SFTConfig:
     micro_batch_size: int = opt(4, "trajectories per forward/backward")
     max_length: int = opt(2048, "drop trajectories longer than this many tokens")
     seed: int = opt(0, "shuffle seed")
-    threads: int = opt(
-        0,
-        "torch CPU threads; 0: one per core no other process is using, re-checked as the load changes",
-    )
+    threads: int = opt(0, THREADS_HELP)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0))
     checkpoint_every: int = opt(
         0, "write a checkpoint every N optimizer steps (0: only at the end)"
