@@ -28,6 +28,9 @@ scheduling. Under greedy decoding this loop reproduces `model.generate` token fo
 Speed (docs/performance.md has the measurements):
   * identical prompts in a batch (a GRPO group's samples) are prefilled once and their KV
     rows copied to every sample;
+  * the KV cache is written in place, into buffers with room for the longest token budget
+    (trajlab/engines/kv.py), instead of transformers' concatenation that copies every
+    layer's cache at every step;
   * `decode_dtype="bfloat16"` decodes with a bf16 copy of the weights (native bf16 matmuls, half
     the bytes per step), refreshed whenever the policy's parameters change in place;
   * stop strings are found by decoding only the tail of a sequence that can hold a newly
@@ -187,12 +190,16 @@ class HFEngine:
     ) -> None:
         from transformers import DynamicCache
 
+        from trajlab.engines.kv import growing_cache
+
         unique = list(dict.fromkeys(prompts))  # distinct prompts, in first-seen order
         row_of = {p: u for u, p in enumerate(unique)}
         expand = torch.tensor([row_of[p] for p in prompts], device=self.device)  # [B]
         ids, mask = self._left_pad(unique)  # [U, L], [U, L]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, L]
-        cache = DynamicCache(config=model.config)
+        # KV written in place, with room for the longest budget (trajlab/engines/kv.py)
+        cache = growing_cache(model, room=max(q.budget for q in seqs))
+        cache = cache if cache is not None else DynamicCache(config=model.config)
         out = model(
             input_ids=ids,
             attention_mask=mask,

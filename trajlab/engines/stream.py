@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
+from trajlab.engines.kv import cache_holding, supports_growing
 from trajlab.models import cache_arg
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class DecodeStream:
         self.waiting: list[_Row] = []  # added, not yet admitted
         self.parked: dict[Hashable, _Parked] = {}
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer [B, heads, L, dim]
+        self._cache = None  # the growing cache self.kv lives in, while no row joins or leaves
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # [B, L]
         self.next_pos = torch.zeros(0, dtype=torch.long)  # [B]
         self.logits: torch.Tensor | None = None  # [B, V]: what each row samples next from
@@ -165,6 +167,7 @@ class DecodeStream:
         """Empty the batch (after an engine error); returns the keys that were generating."""
         keys = [r.key for r in self.rows + self.waiting]
         self.rows, self.waiting, self.parked, self.kv = [], [], {}, []
+        self._cache = None
         self.mask = self.mask[:0, :0]
         self.next_pos, self.logits = self.next_pos[:0], None
         return keys
@@ -306,13 +309,17 @@ class DecodeStream:
             logits = torch.cat([self.logits, logits])
         self.rows = self.rows + new
         self.kv, self.mask, self.logits = kv, mask, logits
+        self._cache = None
         self.next_pos = self.mask.sum(-1)  # real tokens so far: the next position
 
     # -- the running batch --------------------------------------------------------------
 
     def _forward_tokens(self, tokens: torch.Tensor) -> None:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        cache = _cache_from(self.kv, self.model)  # wraps the tensors, copies nothing
+        if self._cache is None:  # rows joined or left: copy the batch into a new buffer once
+            room = max(r.budget - len(r.token_ids) for r in self.rows) + 1
+            self._cache = cache_holding(self.model, self.kv, room)
+        cache = self._cache
         out = self.model(
             input_ids=tokens[:, None],
             attention_mask=self.mask,
@@ -333,6 +340,7 @@ class DecodeStream:
         first = int(used[0]) if len(used) else mask.shape[1]
         self.mask = mask[:, first:]
         self.kv = [(k[idx, :, first:], v[idx, :, first:]) for k, v in self.kv]
+        self._cache = None
         self.next_pos = self.next_pos[idx]
         assert self.logits is not None
         self.logits = self.logits[idx]
@@ -433,14 +441,7 @@ def open_stream(
 def supports_stream(model: torch.nn.Module) -> bool:
     """Whether the model's KV cache is a plain DynamicLayer per layer (full attention, no
     sliding window or recurrent state), the layout DecodeStream edits directly."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception:  # a config transformers cannot build a cache from
-        return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return supports_growing(model)
 
 
 def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]], model: torch.nn.Module):

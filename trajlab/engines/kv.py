@@ -1,0 +1,142 @@
+"""A KV cache whose layers write new positions in place instead of concatenating.
+
+transformers' DynamicLayer appends every decode step's keys and values with `torch.cat`,
+which allocates the layer's whole cache anew and copies it: per step, every layer's KV is
+read and written once more, and each new multi-megabyte buffer is fresh memory the kernel
+has to fault in and zero. On a 2-core CPU at batch 64 and 300 cached tokens that was about
+70 % of a decode step's time (docs/performance.md, section 2).
+
+`GrowingLayer` keeps each layer's keys and values in a buffer with room on the right: a
+step writes its one new position into that room, and `keys` / `values` are views of the
+filled part, so attention reads exactly what DynamicLayer would hand it (same values, same
+shapes; outputs are bit-identical, tests/test_engine_kv.py). The room is sized by the
+caller (prompt plus the longest token budget, so a batch never regrows); when it runs out
+the buffer grows by half its length.
+
+    cache = growing_cache(model, room=max_new_tokens)     # None: keep transformers' cache
+    model(input_ids=..., past_key_values=cache, use_cache=True)
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's KV in a preallocated buffer [B, heads, capacity, dim]; see the module
+    docstring. `room` is how many positions past the first update to reserve."""
+
+    def __init__(self, room: int = 0) -> None:
+        super().__init__()
+        self.room = max(0, room)
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._n = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._k is None else self._k.shape[-2]
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        """Start from these [B, heads, L, dim] tensors (copied once), with `room` free
+        positions after them."""
+        self.room = max(0, room)
+        self._k = self._v = None
+        self._n = 0
+        self.is_initialized = False
+        self.update(keys, values)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self._n + key_states.shape[-2]
+        if self._k is None or n > self.capacity:
+            grow = self.room if self._k is None else max(64, self._n // 2)
+            self._reallocate(key_states, value_states, n + grow)
+        assert self._k is not None and self._v is not None
+        self._k[:, :, self._n : n] = key_states
+        self._v[:, :, self._n : n] = value_states
+        self._n = n
+        self._views()
+        return self.keys, self.values
+
+    def _reallocate(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> None:
+        new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[-1])
+        new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[-1])
+        if self._n:
+            assert self._k is not None and self._v is not None
+            new_k[:, :, : self._n] = self._k[:, :, : self._n]
+            new_v[:, :, : self._n] = self._v[:, :, : self._n]
+        self._k, self._v = new_k, new_v
+
+    def _views(self) -> None:
+        assert self._k is not None and self._v is not None
+        self.keys = self._k[:, :, : self._n]
+        self.values = self._v[:, :, : self._n]
+
+    def get_seq_length(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        self._k = self._v = None
+        self._n = 0
+        super().reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)  # validates, and cuts the views
+        if self.is_initialized and self._k is not None:
+            self._n = self.keys.shape[-2]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self._n:
+            assert self._k is not None and self._v is not None
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._n:
+            assert self._k is not None and self._v is not None
+            self._k, self._v = self._k[indices], self._v[indices]  # the room comes along
+            self._views()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+
+def supports_growing(model: torch.nn.Module) -> bool:
+    """Whether every layer of the model's default cache is a plain DynamicLayer (full
+    attention, no sliding window, no recurrent state): the layers GrowingLayer replaces."""
+    from transformers import DynamicCache
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # a config transformers cannot build a cache from
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def growing_cache(model: torch.nn.Module, room: int):
+    """A DynamicCache for `model` whose layers are GrowingLayers reserving `room`
+    positions past the prefill, or None when the model's cache has other layer kinds."""
+    from transformers import DynamicCache
+
+    if not supports_growing(model):
+        return None
+    cache = DynamicCache(config=model.config)
+    cache.layers = [GrowingLayer(room) for _ in cache.layers]
+    return cache
+
+
+def cache_holding(model: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], room: int):
+    """A growing cache that starts from these per-layer [B, heads, L, dim] tensors (copied
+    into buffers with `room` free positions each)."""
+    cache = growing_cache(model, room)
+    if cache is None:
+        raise ValueError(f"{type(model).__name__}'s cache layers are not all DynamicLayer")
+    for layer, (k, v) in zip(cache.layers, kv, strict=True):
+        layer.adopt(k, v, room)
+    return cache
