@@ -19,6 +19,12 @@ computing finished rows until the whole batch ends; that work is not counted as 
 tok/s = tokens / wall seconds, best of --reps. Ratios: trajlab / hf-generate at the same
 dtype, and trajlab's default (bf16 copy) / hf-generate on the model as loaded (fp32).
 
+With --concat-kv, trajlab also runs with transformers' concatenating DynamicCache (the
+engine before its in-place KV cache, trajlab/engines/kv.py), so the gain of writing the KV
+in place is measured in the same run: `trajlab fp32 concat-kv`.
+--dtypes fp32 skips the bf16 systems (slow and not what trajlab decodes in on CPUs without
+native bf16).
+
 Correctness: under greedy decoding (16 distinct prompts, 64 new tokens) trajlab and
 hf-generate must produce identical token ids at the same dtype; the table reports the
 number of identical rows.
@@ -27,6 +33,7 @@ number of identical rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -41,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajlab.engines.base import SamplingParams  # noqa: E402
 from trajlab.engines.hf import HFEngine  # noqa: E402
-from trajlab.models import load_model, load_tokenizer  # noqa: E402
+from trajlab.models import cpu_feature_summary, load_model, load_tokenizer  # noqa: E402
 from trajlab.tasks import load_task  # noqa: E402
 
 GROUP = 8
@@ -108,6 +115,27 @@ def ours(engine, prompts, group, max_new, greedy, seed) -> list[list[int]]:
     return [g.token_ids for g in engine.generate(batch, params)]
 
 
+@contextlib.contextmanager
+def concatenating_kv():
+    """The engine as it was before trajlab/engines/kv.py: transformers' DynamicCache."""
+    import trajlab.engines.kv as kv
+
+    real = kv.supports_growing
+    kv.supports_growing = lambda model: False
+    try:
+        yield
+    finally:
+        kv.supports_growing = real
+
+
+def with_concat_kv(fn):
+    def run(*args):
+        with concatenating_kv():
+            return fn(*args)
+
+    return run
+
+
 def timed(fn, *args) -> tuple[float, list[list[int]]]:
     t = time.perf_counter()
     rows = fn(*args)
@@ -123,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2, help="timed repetitions; the best is kept")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument(
+        "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+        help="dtypes to run (bf16 is emulated, and slow, on CPUs without native bf16)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--concat-kv", action="store_true",
+        help="also time trajlab with transformers' concatenating KV cache (the engine "
+        "before its in-place cache)",
+    )  # fmt: skip
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -131,25 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_model(args.model), load_tokenizer(args.model)
     engine32 = HFEngine(model, tok, max_batch_size=max(args.batches), decode_dtype="float32")
     eos = set(engine32.eos_token_ids)
-    model16 = bf16_copy(model)
-    engine16 = HFEngine(model, tok, max_batch_size=max(args.batches), decode_dtype="bfloat16")
-    systems = {
-        "hf-generate fp32": lambda P, g, n, greedy, s: hf_generate(
-            model, tok, P, g, n, greedy, s, eos
-        ),
-        "trajlab fp32": lambda P, g, n, greedy, s: ours(engine32, P, g, n, greedy, s),
-        "hf-generate bf16": lambda P, g, n, greedy, s: hf_generate(
-            model16, tok, P, g, n, greedy, s, eos
-        ),
-        "trajlab bf16": lambda P, g, n, greedy, s: ours(engine16, P, g, n, greedy, s),
-    }
+    systems = {}
+    for dtype in args.dtypes:
+        m = model if dtype == "fp32" else bf16_copy(model)
+        engine = engine32 if dtype == "fp32" else HFEngine(
+            model, tok, max_batch_size=max(args.batches), decode_dtype="bfloat16"
+        )  # fmt: skip
+        systems[f"hf-generate {dtype}"] = lambda P, g, n, greedy, s, m=m: hf_generate(
+            m, tok, P, g, n, greedy, s, eos
+        )
+        systems[f"trajlab {dtype}"] = lambda P, g, n, greedy, s, e=engine: ours(
+            e, P, g, n, greedy, s
+        )
+        if args.concat_kv:
+            systems[f"trajlab {dtype} concat-kv"] = with_concat_kv(systems[f"trajlab {dtype}"])
     prompts = chat_prompts(tok, max(max(args.batches) // GROUP, 16))
     for fn in systems.values():  # warm-up: first calls allocate and load kernels
         fn(prompts[:2], 2, 4, False, 0)
 
     # Correctness: identical greedy outputs at the same dtype.
     identity = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in args.dtypes:
         ref = systems[f"hf-generate {dtype}"](prompts[:16], 1, 64, True, 0)
         got = systems[f"trajlab {dtype}"](prompts[:16], 1, 64, True, 0)
         identity[dtype] = sum(a == b for a, b in zip(ref, got))
@@ -167,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     best = {"seconds": secs, "tokens": tokens, "tok_s": tokens / secs}
             results.append({"system": name, "batch": batch, **best})
             print(
-                f"  batch {batch:3d} {name:17s} {best['tokens']:6d} tokens "
+                f"  batch {batch:3d} {name:25s} {best['tokens']:6d} tokens "
                 f"{best['seconds']:7.2f} s {best['tok_s']:8.1f} tok/s",
                 flush=True,
             )
@@ -177,36 +216,39 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}"
+        f"machine: {os.cpu_count()} cores (flags {cpu_feature_summary()}), torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, torch "
+        f"{torch.__version__}, {platform.processor() or platform.machine()}"
     )
-    print(
-        "| batch | hf-generate fp32 | trajlab fp32 | ratio | hf-generate bf16 | trajlab bf16 "
-        "| ratio | trajlab default vs hf-generate fp32 | target |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    head = ["batch", "dtype", "hf-generate", "trajlab", "ratio"]
+    if args.concat_kv:
+        head += ["trajlab concat-kv", "in-place / concat-kv"]
+    print("| " + " | ".join(head + ["target"]) + " |")
+    print("|" + "---|" * (len(head) + 1))
     summary = []
     for batch in args.batches:
-        row = {
-            "batch": batch,
-            "hf_fp32": tok_s("hf-generate fp32", batch),
-            "ours_fp32": tok_s("trajlab fp32", batch),
-            "hf_bf16": tok_s("hf-generate bf16", batch),
-            "ours_bf16": tok_s("trajlab bf16", batch),
-        }
-        row["ratio_fp32"] = row["ours_fp32"] / row["hf_fp32"]
-        row["ratio_bf16"] = row["ours_bf16"] / row["hf_bf16"]
-        row["ratio_default"] = row["ours_bf16"] / row["hf_fp32"]
-        summary.append(row)
-        print(
-            f"| {batch} | {row['hf_fp32']:.1f} | {row['ours_fp32']:.1f} | "
-            f"{row['ratio_fp32']:.2f}x | {row['hf_bf16']:.1f} | {row['ours_bf16']:.1f} | "
-            f"{row['ratio_bf16']:.2f}x | {row['ratio_default']:.2f}x | >= 3x |"
-        )
+        for dtype in args.dtypes:
+            row = {
+                "batch": batch,
+                "dtype": dtype,
+                "hf": tok_s(f"hf-generate {dtype}", batch),
+                "ours": tok_s(f"trajlab {dtype}", batch),
+            }
+            row["ratio"] = row["ours"] / row["hf"]
+            cells = [f"{row['hf']:.1f}", f"{row['ours']:.1f}", f"{row['ratio']:.2f}x"]
+            if args.concat_kv:
+                row["concat_kv"] = tok_s(f"trajlab {dtype} concat-kv", batch)
+                row["in_place_gain"] = row["ours"] / row["concat_kv"]
+                cells += [f"{row['concat_kv']:.1f}", f"{row['in_place_gain']:.2f}x"]
+            summary.append(row)
+            print(f"| {batch} | {dtype} | " + " | ".join(cells) + " | >= 3x |")
+        if set(args.dtypes) == {"fp32", "bf16"}:
+            ratio = tok_s("trajlab bf16", batch) / tok_s("hf-generate fp32", batch)
+            print(f"batch {batch}: trajlab default (bf16 decode copy) vs hf-generate fp32 "
+                  f"{ratio:.2f}x")  # fmt: skip
     print(
-        f"greedy identity (16 distinct prompts, 64 tokens): fp32 {identity['fp32']}/16, "
-        f"bf16 {identity['bf16']}/16"
+        "greedy identity (16 distinct prompts, 64 tokens): "
+        + ", ".join(f"{d} {identity[d]}/16" for d in args.dtypes)
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
