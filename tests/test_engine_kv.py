@@ -12,7 +12,13 @@ from transformers.cache_utils import DynamicLayer
 import trajlab.engines.kv as kv_mod
 from trajlab.engines.base import SamplingParams
 from trajlab.engines.hf import HFEngine
-from trajlab.engines.kv import GrowingLayer, cache_holding, growing_cache, supports_growing
+from trajlab.engines.kv import (
+    GrowingLayer,
+    cache_holding,
+    growing_cache,
+    stacked_cache,
+    supports_growing,
+)
 
 
 def kv(b: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,3 +180,33 @@ def test_engine_uses_the_growing_cache(monkeypatch, tiny_model, tiny_tokenizer):
     engine.generate([ids], SamplingParams(temperature=0, max_new_tokens=5))
     assert [room for room, _ in made] == [5]
     assert all(isinstance(layer, GrowingLayer) for layer in made[0][1].layers)
+
+
+def test_compact_keeps_rows_in_place_like_batch_select():
+    grow, ref = GrowingLayer(room=5), DynamicLayer()
+    for layer in (grow, ref):
+        layer.update(*kv(6, 4, 0))
+        layer.update(*kv(6, 1, 1))
+    buf = grow._k
+    grow.compact([0, 2, 3, 5])
+    ref.batch_select_indices(torch.tensor([0, 2, 3, 5]))
+    same(grow, ref)
+    assert grow._k.data_ptr() == buf.data_ptr()  # no new buffer
+    for layer in (grow, ref):  # decoding goes on in the room
+        layer.update(*kv(4, 1, 2))
+    same(grow, ref)
+    with pytest.raises(ValueError, match="ascending"):
+        grow.compact([1, 0])
+
+
+def test_stacked_cache_is_padding_then_concatenation(tiny_model):
+    layers = tiny_model.config.num_hidden_layers
+    a = [kv(2, 3, i) for i in range(layers)]
+    b = [kv(3, 5, 10 + i) for i in range(layers)]
+    cache = stacked_cache(tiny_model, [a, b], width=6, room=4)
+    for layer, (ka, va), (kb, vb) in zip(cache.layers, a, b, strict=True):
+        pad_a, pad_b = torch.zeros(2, 2, 3, 4), torch.zeros(3, 2, 1, 4)
+        want_k = torch.cat([torch.cat([pad_a, ka], 2), torch.cat([pad_b, kb], 2)])
+        want_v = torch.cat([torch.cat([pad_a, va], 2), torch.cat([pad_b, vb], 2)])
+        assert torch.equal(layer.keys, want_k) and torch.equal(layer.values, want_v)
+        assert layer.capacity == 10 and layer.get_seq_length() == 6

@@ -190,7 +190,7 @@ class HFEngine:
     ) -> None:
         from transformers import DynamicCache
 
-        from trajlab.engines.kv import growing_cache
+        from trajlab.engines.kv import compact, growing_cache
 
         unique = list(dict.fromkeys(prompts))  # distinct prompts, in first-seen order
         row_of = {p: u for u, p in enumerate(unique)}
@@ -199,7 +199,8 @@ class HFEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, L]
         # KV written in place, with room for the longest budget (trajlab/engines/kv.py)
         cache = growing_cache(model, room=max(q.budget for q in seqs))
-        cache = cache if cache is not None else DynamicCache(config=model.config)
+        growing = cache is not None
+        cache = cache if growing else DynamicCache(config=model.config)
         out = model(
             input_ids=ids,
             attention_mask=mask,
@@ -224,7 +225,10 @@ class HFEngine:
                 return
             if len(keep) < len(live):  # drop finished rows everywhere, including the KV cache
                 idx = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(idx)
+                if growing:  # rows move down inside their buffers (no new allocation)
+                    compact(cache, keep)
+                else:
+                    cache.batch_select_indices(idx)
                 mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
                 live = [live[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # [b, L + step]

@@ -47,6 +47,30 @@ class GrowingLayer(DynamicLayer):
         self.is_initialized = False
         self.update(keys, values)
 
+    def own(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        """Take these [B, heads, capacity, dim] buffers as they are (no copy); the first
+        `filled` positions hold the cache, the rest is room."""
+        self.lazy_initialization(keys, values)
+        self._k, self._v, self._n = keys, values, filled
+        self._views()
+
+    def compact(self, keep: list[int]) -> None:
+        """Keep these rows (ascending), in order, without a new buffer: the rows after the
+        first dropped one move down into place (their filled part only), and the buffer is
+        cut to len(keep) rows. Same result as batch_select_indices, which copies every
+        row and its room."""
+        if self._k is None or self._v is None:
+            return
+        if any(b <= a for a, b in zip(keep, keep[1:])):
+            raise ValueError(f"compact needs ascending row indices, got {keep}")
+        n = self._n
+        for j, src in enumerate(keep):
+            if src != j:  # src > j: front to back never overwrites a row still to move
+                self._k[j, :, :n] = self._k[src, :, :n]
+                self._v[j, :, :n] = self._v[src, :, :n]
+        self._k, self._v = self._k[: len(keep)], self._v[: len(keep)]
+        self._views()
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +131,12 @@ class GrowingLayer(DynamicLayer):
         self.batch_select_indices(beam_idx)
 
 
+def compact(cache, keep: list[int]) -> None:
+    """GrowingLayer.compact on every layer of a growing cache."""
+    for layer in cache.layers:
+        layer.compact(keep)
+
+
 def supports_growing(model: torch.nn.Module) -> bool:
     """Whether every layer of the model's default cache is a plain DynamicLayer (full
     attention, no sliding window, no recurrent state): the layers GrowingLayer replaces."""
@@ -139,4 +169,34 @@ def cache_holding(model: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Ten
         raise ValueError(f"{type(model).__name__}'s cache layers are not all DynamicLayer")
     for layer, (k, v) in zip(cache.layers, kv, strict=True):
         layer.adopt(k, v, room)
+    return cache
+
+
+def stacked_cache(
+    model: torch.nn.Module,
+    parts: list[list[tuple[torch.Tensor, torch.Tensor]]],
+    width: int,
+    room: int,
+):
+    """A growing cache whose rows are the rows of `parts` (each a per-layer list of
+    [B_i, heads, L_i, dim] keys and values, L_i <= width) stacked in order, each part
+    right-aligned to `width` with zeros on its left, and `room` free positions after.
+    One zeroed buffer per layer and one copy of each part: what padding each part and
+    concatenating them would give, without the intermediate tensors."""
+    cache = growing_cache(model, room)
+    if cache is None:
+        raise ValueError(f"{type(model).__name__}'s cache layers are not all DynamicLayer")
+    rows = sum(part[0][0].shape[0] for part in parts)
+    for layer_idx, layer in enumerate(cache.layers):
+        k0, v0 = parts[0][layer_idx]
+        keys = k0.new_zeros(rows, k0.shape[1], width + room, k0.shape[-1])
+        values = v0.new_zeros(rows, v0.shape[1], width + room, v0.shape[-1])
+        at = 0
+        for part in parts:
+            k, v = part[layer_idx]
+            b, n = k.shape[0], k.shape[-2]
+            keys[at : at + b, :, width - n : width] = k
+            values[at : at + b, :, width - n : width] = v
+            at += b
+        layer.own(keys, values, width)
     return cache

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
-from trajlab.engines.kv import cache_holding, supports_growing
+from trajlab.engines.kv import cache_holding, compact, stacked_cache, supports_growing
 from trajlab.models import cache_arg
 
 if TYPE_CHECKING:
@@ -296,27 +296,26 @@ class DecodeStream:
     ) -> None:
         """Append the prefilled rows, repacked left-padded, to the batch. Only they can hold
         holes: the running batch stays left-padded (decode appends on the right, `_select`
-        drops rows and left columns), so it is not copied twice."""
+        drops rows and left columns). Both parts are copied once, into the new growing
+        cache's buffers (kv.stacked_cache), with room for every row's remaining budget."""
         kv, mask = _repack(kv, mask)
-        if self.rows:
-            width = max(mask.shape[1], self.mask.shape[1])
-            kv = [
-                (torch.cat([_pad_left(k0, width), _pad_left(k1, width)]),
-                 torch.cat([_pad_left(v0, width), _pad_left(v1, width)]))
-                for (k0, v0), (k1, v1) in zip(self.kv, kv)
-            ]  # fmt: skip
-            mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
-            logits = torch.cat([self.logits, logits])
+        parts, masks = ([self.kv], [self.mask]) if self.rows else ([], [])
+        parts.append(kv)
+        masks.append(mask)
+        width = max(m.shape[1] for m in masks)
         self.rows = self.rows + new
-        self.kv, self.mask, self.logits = kv, mask, logits
-        self._cache = None
+        room = max(r.budget - len(r.token_ids) for r in self.rows) + 1
+        self._cache = stacked_cache(self.model, parts, width, room)  # one copy of each part
+        self.kv = [(layer.keys, layer.values) for layer in self._cache.layers]
+        self.mask = torch.cat([_pad_left(m, width) for m in masks])
+        self.logits = torch.cat([self.logits, logits]) if len(masks) > 1 else logits
         self.next_pos = self.mask.sum(-1)  # real tokens so far: the next position
 
     # -- the running batch --------------------------------------------------------------
 
     def _forward_tokens(self, tokens: torch.Tensor) -> None:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        if self._cache is None:  # rows joined or left: copy the batch into a new buffer once
+        if self._cache is None:  # left columns were trimmed: copy the batch into a new buffer
             room = max(r.budget - len(r.token_ids) for r in self.rows) + 1
             self._cache = cache_holding(self.model, self.kv, room)
         cache = self._cache
@@ -332,15 +331,20 @@ class DecodeStream:
         self.next_pos = self.next_pos + 1
 
     def _select(self, keep: list[int]) -> None:
-        """Keep these rows only, then trim the left columns no kept row uses."""
+        """Keep these rows only (moved down inside the cache's buffers), or, when the
+        left columns no kept row uses can be trimmed, copy the kept part out."""
         idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         self.rows = [self.rows[j] for j in keep]
         mask = self.mask[idx]
         used = mask.any(0).nonzero()
         first = int(used[0]) if len(used) else mask.shape[1]
+        if first == 0 and self._cache is not None:  # rows move down inside their buffers
+            compact(self._cache, keep)
+            self.kv = [(layer.keys, layer.values) for layer in self._cache.layers]
+        else:
+            self.kv = [(k[idx, :, first:], v[idx, :, first:]) for k, v in self.kv]
+            self._cache = None
         self.mask = mask[:, first:]
-        self.kv = [(k[idx, :, first:], v[idx, :, first:]) for k, v in self.kv]
-        self._cache = None
         self.next_pos = self.next_pos[idx]
         assert self.logits is not None
         self.logits = self.logits[idx]
