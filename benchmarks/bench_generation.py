@@ -19,6 +19,9 @@ computing finished rows until the whole batch ends; that work is not counted as 
 tok/s = tokens / wall seconds, best of --reps. Ratios: trajlab / hf-generate at the same
 dtype, and trajlab's default (bf16 copy) / hf-generate on the model as loaded (fp32).
 
+--context-tokens N puts earlier worked questions before each prompt until it has N tokens:
+the long contexts of a multi-turn rollout, where the KV cache is large.
+
 With --concat-kv, trajlab also runs with transformers' concatenating DynamicCache (the
 engine before its in-place KV cache, trajlab/engines/kv.py), so the gain of writing the KV
 in place is measured in the same run: `trajlab fp32 concat-kv`.
@@ -54,16 +57,25 @@ from trajlab.tasks import load_task  # noqa: E402
 GROUP = 8
 
 
-def chat_prompts(tok, n: int) -> list[list[int]]:
-    """n arith questions rendered with the model's chat template, as token ids."""
+def chat_prompts(tok, n: int, min_tokens: int = 0) -> list[list[int]]:
+    """n arith questions rendered with the model's chat template, as token ids. With
+    min_tokens, each prompt holds further questions before its own (a worked history, as a
+    multi-turn episode's context grows) until it has at least that many tokens."""
     examples = load_task("arith", split="train", n=n, seed=0)
+    history = load_task("arith", split="train", n=64, seed=1)
     out = []
     for ex in examples:
-        messages = [
-            {"role": "user", "content": f"{ex.question}\nGive the final answer as a number."}
-        ]
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        out.append(tok.encode(text, add_special_tokens=False))
+        earlier: list[str] = []
+        while True:
+            content = "\n".join(earlier + [f"{ex.question}\nGive the final answer as a number."])
+            messages = [{"role": "user", "content": content}]
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = tok.encode(text, add_special_tokens=False)
+            if len(ids) >= min_tokens or len(earlier) == len(history):
+                break
+            h = history[len(earlier)]
+            earlier.append(f"{h.question} = {h.answer}")
+        out.append(ids)
     return out
 
 
@@ -149,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default", help="model spec (default: SmolLM2-135M)")
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64], help="batch sizes")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument(
+        "--context-tokens", type=int, default=0,
+        help="make every prompt at least this long (earlier worked questions before it), "
+        "for the long contexts of multi-turn rollouts (default 0: the bare question)",
+    )  # fmt: skip
     ap.add_argument("--reps", type=int, default=2, help="timed repetitions; the best is kept")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument(
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.concat_kv:
             systems[f"trajlab {dtype} concat-kv"] = with_concat_kv(systems[f"trajlab {dtype}"])
-    prompts = chat_prompts(tok, max(max(args.batches) // GROUP, 16))
+    prompts = chat_prompts(tok, max(max(args.batches) // GROUP, 16), args.context_tokens)
+    print(f"prompt tokens: {min(map(len, prompts))}-{max(map(len, prompts))}")
     for fn in systems.values():  # warm-up: first calls allocate and load kernels
         fn(prompts[:2], 2, 4, False, 0)
 
@@ -258,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     "results": results,
                     "summary": summary,
                     "greedy_identical_rows": identity,
+                    "context_tokens": args.context_tokens,
                     "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(),
                     "load_average": os.getloadavg()[0],

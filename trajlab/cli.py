@@ -6,6 +6,7 @@
     trajlab index CORPUS.jsonl --kind bm25 --out DIR
     trajlab view RUN_DIR [RUN_DIR ...]
     trajlab compare RUN_A RUN_B      # B - A per metric, paired bootstrap interval
+    trajlab serve --model default    # OpenAI-compatible server on 127.0.0.1:8000
 
 Each subcommand lives in its own module exposing `configure(parser)` and
 `main(args) -> int`. Only the module of the command being run is imported, so
@@ -41,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": (
         "trajlab.eval.compare",
         "paired comparison of two runs: per-metric difference with a bootstrap interval",
+    ),
+    "serve": (
+        "trajlab.serve_cli",
+        "an OpenAI-compatible server (chat, completions, tool calls, logprobs) over a model",
     ),
     "seeds": (
         "trajlab.eval.seeds",

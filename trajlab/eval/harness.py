@@ -102,6 +102,17 @@ class EvalConfig:
         "on CPUs with native bf16 matmul",
         choices=("auto", "float32", "bfloat16"),
     )
+    engine: str = opt(
+        "hf",
+        "hf: the model runs in this process; openai: generation by an OpenAI-compatible "
+        "server at engine_url (trajlab serve, vLLM, ...), `model` then only gives the tokenizer",
+        choices=("hf", "openai"),
+    )
+    engine_url: str = opt("", "engine=openai: the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    engine_model: str = opt(
+        "", "engine=openai: the model name the server knows (empty: the first it lists)"
+    )
+    engine_concurrency: int = opt(8, "engine=openai: requests in flight at once")
     agent: AgentConfig = field(default_factory=AgentConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     tool_plugins: dict[str, str] = opt(
@@ -111,7 +122,14 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        for name, lo in (("n", 1), ("batch_size", 1), ("limit", 0), ("top_k", 0)):
+        if self.engine == "openai" and not self.engine_url:
+            raise ValueError(
+                "engine=openai needs engine_url, the server's base URL "
+                "(e.g. --engine-url http://127.0.0.1:8000/v1)"
+            )
+        for name, lo in (
+            ("n", 1), ("batch_size", 1), ("limit", 0), ("top_k", 0), ("engine_concurrency", 1)
+        ):  # fmt: skip
             if getattr(self, name) < lo:
                 raise ValueError(
                     f"{name} must be >= {lo}, got {getattr(self, name)}"
@@ -317,12 +335,23 @@ def _roll_out(
 
 
 def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) -> Engine:
-    """The evaluation engine: config.model loaded (or the given model), hf, one batch together.
+    """The evaluation engine: config.model loaded (or the given model), hf, one batch
+    together; or, with engine=openai, a client of the server at engine_url.
 
     Decoding on CPU is bound by reading the weights once per step, so a whole harness
     batch decodes together rather than in the engine's default chunks."""
     from trajlab.build import build_engine, load_policy
 
+    if config.engine == "openai":
+        from trajlab.engines.openai_engine import OpenAIEngine
+        from trajlab.models import load_tokenizer
+
+        return OpenAIEngine(
+            tokenizer or load_tokenizer(config.model),
+            config.engine_url,
+            model=config.engine_model,
+            concurrency=config.engine_concurrency,
+        )
     if model is None:
         model, tokenizer = load_policy(config.model, config.dtype)
     decode = None if config.decode_dtype == config.dtype else config.decode_dtype
