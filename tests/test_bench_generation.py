@@ -4,6 +4,7 @@ concatenating-KV column comes out, greedy identity is counted (timings are never
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ def test_the_benchmark_prints_its_table_with_the_concat_kv_column(tiny_model_dir
     cmd = [
         sys.executable, str(ROOT / "benchmarks" / "bench_generation.py"),
         "--model", str(tiny_model_dir), "--batches", "8", "--max-new-tokens", "6",
-        "--reps", "1", "--dtypes", "fp32", "--concat-kv", "--json", str(out),
+        "--reps", "1", "--dtypes", "fp32", "--concat-kv", "--context-tokens", "40",
+        "--json", str(out),
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -30,3 +32,5 @@ def test_the_benchmark_prints_its_table_with_the_concat_kv_column(tiny_model_dir
     assert systems == {"hf-generate fp32", "trajlab fp32", "trajlab fp32 concat-kv"}
     assert all(row["tokens"] > 0 for row in data["results"])
     assert data["greedy_identical_rows"]["fp32"] == 16  # the tiny model's greedy rows match
+    lengths = re.search(r"prompt tokens: (\d+)-(\d+)", r.stdout)
+    assert lengths and int(lengths[1]) >= 40  # every prompt padded to the asked context

@@ -16,6 +16,7 @@ from trajlab.engines.kv import (
     GrowingLayer,
     cache_holding,
     growing_cache,
+    prefill,
     stacked_cache,
     supports_growing,
 )
@@ -145,12 +146,36 @@ def test_a_sliding_window_model_keeps_transformers_cache(tmp_path):
     assert not supports_growing(MistralForCausalLM(config))
 
 
+@torch.inference_mode()
+@pytest.mark.parametrize("max_tokens", [1, 20, 10_000])
+def test_prefill_in_row_chunks_equals_one_forward(tiny_model, max_tokens):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 300, (5, 9), generator=g)
+    mask = torch.ones(5, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[4, :7] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref = DynamicCache(config=tiny_model.config)
+    out = tiny_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=ref,
+                     logits_to_keep=1)  # fmt: skip
+    cache, logits = prefill(tiny_model, ids, mask, pos, room=3, max_tokens=max_tokens)
+    # one forward when the rows fit; in chunks, matmuls of other shapes: float error only
+    close = torch.equal if max_tokens >= 45 else lambda a, b: torch.allclose(a, b, atol=1e-5)
+    assert close(logits, out.logits[:, -1].float())
+    for a, b in zip(cache.layers, ref.layers, strict=True):
+        assert a.get_seq_length() == b.get_seq_length() == 9 and a.capacity == 12
+        assert close(a.keys, b.keys) and close(a.values, b.values)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("prefill_tokens", [8, 4096])
 def test_engine_generations_unchanged_by_the_growing_cache(
-    monkeypatch, tiny_model, tiny_tokenizer, temperature
+    monkeypatch, tiny_model, tiny_tokenizer, temperature, prefill_tokens
 ):
-    """HFEngine.generate with in-place KV gives the tokens and logprobs (exactly) that the
-    concatenating cache gives: group prefill copies, rows of unequal lengths leaving."""
+    """HFEngine.generate with in-place KV (prefilled in chunks of rows, or at once) gives
+    the tokens and logprobs (exactly) that the concatenating cache gives: group prefill
+    copies, rows of unequal lengths leaving."""
+    monkeypatch.setattr(kv_mod, "PREFILL_TOKENS", prefill_tokens)
     engine = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=8)
     texts = ["Hello world", "The answer is", "a", "What is 6 times 7?"]
     prompts = [tiny_tokenizer.encode(t, add_special_tokens=False) for t in texts] * 2
@@ -161,8 +186,11 @@ def test_engine_generations_unchanged_by_the_growing_cache(
     want = engine.generate(prompts, params, stop=stop)
     assert len({len(g.token_ids) for g in want}) > 1  # rows really left at different steps
     for a, b in zip(got, want, strict=True):
-        assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
-        assert a.finish_reason == b.finish_reason
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        if prefill_tokens == 4096:  # one prefill forward, as before: exactly the same numbers
+            assert a.logprobs == b.logprobs
+        else:  # prefilled a row at a time: matmuls of another shape, float error only
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
 def test_engine_uses_the_growing_cache(monkeypatch, tiny_model, tiny_tokenizer):

@@ -190,26 +190,29 @@ class HFEngine:
     ) -> None:
         from transformers import DynamicCache
 
-        from trajlab.engines.kv import compact, growing_cache
+        from trajlab.engines.kv import compact, prefill, supports_growing
 
         unique = list(dict.fromkeys(prompts))  # distinct prompts, in first-seen order
         row_of = {p: u for u, p in enumerate(unique)}
         expand = torch.tensor([row_of[p] for p in prompts], device=self.device)  # [B]
         ids, mask = self._left_pad(unique)  # [U, L], [U, L]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, L]
-        # KV written in place, with room for the longest budget (trajlab/engines/kv.py)
-        cache = growing_cache(model, room=max(q.budget for q in seqs))
-        growing = cache is not None
-        cache = cache if growing else DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_arg(model): cache},
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1].float()  # [U, V]
+        # KV written in place, with room for the longest budget, prefilled a few rows at a
+        # time (trajlab/engines/kv.py)
+        growing = supports_growing(model)
+        if growing:
+            cache, logits = prefill(model, ids, mask, positions, room=max(q.budget for q in seqs))
+        else:
+            cache = DynamicCache(config=model.config)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_arg(model): cache},
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1].float()  # [U, V]
         if len(unique) < len(prompts):  # copy each shared prompt's KV rows to its samples
             cache.batch_select_indices(expand)
             logits, mask, positions = logits[expand], mask[expand], positions[expand]  # [B, ...]

@@ -200,3 +200,58 @@ def stacked_cache(
             at += b
         layer.own(keys, values, width)
     return cache
+
+
+PREFILL_TOKENS = 4096  # prompt tokens (rows x padded length) one prefill forward takes
+
+
+def prefill(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    room: int,
+    max_tokens: int | None = None,
+):
+    """Run left-padded prompts [B, L] through the model into a growing cache with `room`
+    free positions, a few rows at a time (at most max_tokens, default PREFILL_TOKENS, prompt tokens per forward),
+    so the activations of a large batch's prefill (several hundred MB for 64 rows of 300
+    tokens) never exist at once. Returns (cache, last-position logits [B, V] in fp32).
+    Rows are independent, so this computes what one forward over all rows computes, up
+    to the float error of matmuls of another shape (none at all for the default model in
+    13-16-row chunks of 300 tokens on an AVX2 CPU: docs/performance.md, section 4)."""
+    from transformers import DynamicCache
+
+    from trajlab.models import cache_arg
+
+    cache = growing_cache(model, room)
+    if cache is None:
+        raise ValueError(f"{type(model).__name__}'s cache layers are not all DynamicLayer")
+    rows, width = ids.shape
+    step = max(1, (max_tokens or PREFILL_TOKENS) // max(1, width))
+    logits = []
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, rows, step):
+        end = min(rows, start + step)
+        part = DynamicCache(config=model.config)
+        out = model(
+            input_ids=ids[start:end],
+            attention_mask=mask[start:end],
+            position_ids=positions[start:end],
+            use_cache=True,
+            **{cache_arg(model): part},
+            logits_to_keep=1,
+        )
+        logits.append(out.logits[:, -1].float())
+        for i, layer in enumerate(part.layers):
+            k, v = layer.keys, layer.values
+            if start == 0:
+                buffers.append((
+                    k.new_empty(rows, k.shape[1], width + room, k.shape[-1]),
+                    v.new_empty(rows, v.shape[1], width + room, v.shape[-1]),
+                ))  # fmt: skip
+            buffers[i][0][start:end, :, :width] = k
+            buffers[i][1][start:end, :, :width] = v
+    for layer, (k, v) in zip(cache.layers, buffers, strict=True):
+        layer.own(k, v, width)
+    return cache, torch.cat(logits)
