@@ -28,9 +28,9 @@ scheduling. Under greedy decoding this loop reproduces `model.generate` token fo
 Speed (docs/performance.md has the measurements):
   * identical prompts in a batch (a GRPO group's samples) are prefilled once and their KV
     rows copied to every sample;
-  * the KV cache is written in place, into buffers with room for the longest token budget
-    (trajlab/engines/kv.py), instead of transformers' concatenation that copies every
-    layer's cache at every step;
+  * the KV cache is written in place, into buffers with room to grow (trajlab/engines/
+    kv.py), instead of transformers' concatenation that copies every layer's cache at every
+    step; prompts are prefilled a few rows at a time (at most 4096 tokens per forward);
   * `decode_dtype="bfloat16"` decodes with a bf16 copy of the weights (native bf16 matmuls, half
     the bytes per step), refreshed whenever the policy's parameters change in place;
   * stop strings are found by decoding only the tail of a sequence that can hold a newly
@@ -190,18 +190,19 @@ class HFEngine:
     ) -> None:
         from transformers import DynamicCache
 
-        from trajlab.engines.kv import compact, prefill, supports_growing
+        from trajlab.engines.kv import ROOM, compact, prefill, supports_growing
 
         unique = list(dict.fromkeys(prompts))  # distinct prompts, in first-seen order
         row_of = {p: u for u, p in enumerate(unique)}
         expand = torch.tensor([row_of[p] for p in prompts], device=self.device)  # [B]
         ids, mask = self._left_pad(unique)  # [U, L], [U, L]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, L]
-        # KV written in place, with room for the longest budget, prefilled a few rows at a
+        # KV written in place into buffers with room to grow, prefilled a few rows at a
         # time (trajlab/engines/kv.py)
         growing = supports_growing(model)
         if growing:
-            cache, logits = prefill(model, ids, mask, positions, room=max(q.budget for q in seqs))
+            room = min(ROOM, max(q.budget for q in seqs))
+            cache, logits = prefill(model, ids, mask, positions, room=room)
         else:
             cache = DynamicCache(config=model.config)
             out = model(

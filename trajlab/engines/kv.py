@@ -10,8 +10,9 @@ has to fault in and zero. On a 2-core CPU at batch 64 and 300 cached tokens that
 step writes its one new position into that room, and `keys` / `values` are views of the
 filled part, so attention reads exactly what DynamicLayer would hand it (same values, same
 shapes; outputs are bit-identical, tests/test_engine_kv.py). The room is sized by the
-caller (prompt plus the longest token budget, so a batch never regrows); when it runs out
-the buffer grows by half its length.
+caller (HFEngine reserves at most ROOM positions); when it runs out the buffer grows by a
+quarter of its length (at least ROOM), so a turn of 96 tokens copies the cache about once
+instead of at every step.
 
     cache = growing_cache(model, room=max_new_tokens)     # None: keep transformers' cache
     model(input_ids=..., past_key_values=cache, use_cache=True)
@@ -21,6 +22,13 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+# Positions reserved past a prefill when the caller asks for no more than this (and the
+# least a full buffer grows by). A turn's token budget would fit every row's longest case
+# without regrowing, but most rows stop long before it, and the unused room of 64 rows
+# of 300 tokens is about 15 MB per layer: 32 positions, then growth by a quarter of the
+# length (one copy of the cache per growth), keeps the peak of a batch near what it holds.
+ROOM = 32
 
 
 class GrowingLayer(DynamicLayer):
@@ -78,7 +86,7 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = self._n + key_states.shape[-2]
         if self._k is None or n > self.capacity:
-            grow = self.room if self._k is None else max(64, self._n // 2)
+            grow = self.room if self._k is None else max(ROOM, self._n // 4)
             self._reallocate(key_states, value_states, n + grow)
         assert self._k is not None and self._v is not None
         self._k[:, :, self._n : n] = key_states
