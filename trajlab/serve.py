@@ -321,13 +321,8 @@ class Server:
                     "top_logprobs": None,
                     "text_offset": offsets,
                 }
-            if want_ids:
-                choice["token_ids"] = g.token_ids
             choices.append(choice)
-        out = self._envelope("text_completion", choices, ids, gens)
-        if want_ids:
-            out["prompt_token_ids"] = ids
-        return out
+        return self._envelope("text_completion", choices, ids, gens, want_ids)
 
     def chat(self, body: dict) -> dict:
         messages = _chat_messages(body.get("messages"))
@@ -372,17 +367,19 @@ class Server:
                     entry["top_logprobs"] = [dict(entry)] if top else []
                     entries.append(entry)
                 choice["logprobs"] = {"content": entries}
-            if want_ids:
-                choice["token_ids"] = g.token_ids
             choices.append(choice)
-        out = self._envelope("chat.completion", choices, ids, gens)
-        if want_ids:
-            out["prompt_token_ids"] = ids
-        return out
+        return self._envelope("chat.completion", choices, ids, gens, want_ids)
 
-    def _envelope(self, kind: str, choices: list, ids: list[int], gens: list[Generation]) -> dict:
+    def _envelope(
+        self, kind: str, choices: list, ids: list[int], gens: list[Generation], want_ids: bool
+    ) -> dict:
+        """The response around `choices`; with want_ids (return_token_ids), the prompt's
+        and every choice's token ids."""
         completion = sum(len(g.token_ids) for g in gens)
-        return {
+        if want_ids:
+            for choice, g in zip(choices, gens, strict=True):
+                choice["token_ids"] = g.token_ids
+        out = {
             "id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex}",
             "object": kind,
             "created": int(time.time()),
@@ -394,6 +391,9 @@ class Server:
                 "total_tokens": len(ids) + completion,
             },
         }
+        if want_ids:
+            out["prompt_token_ids"] = ids
+        return out
 
 
 def _finish(g: Generation) -> str:
