@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-# Positions reserved past a prefill when the caller asks for no more than this (and the
-# least a full buffer grows by). A turn's token budget would fit every row's longest case
-# without regrowing, but most rows stop long before it, and the unused room of 64 rows
-# of 300 tokens is about 15 MB per layer: 32 positions, then growth by a quarter of the
-# length (one copy of the cache per growth), keeps the peak of a batch near what it holds.
+# Positions HFEngine reserves past a prefill (at most; and the least a full buffer grows
+# by). Reserving a whole turn's budget (96 tokens in the demo) would never regrow, but most
+# rows stop long before it, and 96 unused positions of 64 rows are about 9 MB per layer
+# (280 MB for the default model's 30). With 32 positions and growth by a quarter of the
+# length, a batch copies its cache about once per turn. (The demo's peak did not move
+# measurably with it: docs/performance.md, section 4.)
 ROOM = 32
 
 
