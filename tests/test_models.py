@@ -505,6 +505,68 @@ def test_shared_prefix_pass_matches_full_rows(tiny_model, monkeypatch):
     tiny_model.zero_grad()
 
 
+def test_shared_prefix_pass_under_activation_checkpointing(tiny_model_dir, monkeypatch):
+    """Checkpointed layers keep the read-only prefix cache: one prefix pass, then the
+    suffixes; values and gradients match a plain checkpointed pass over the full rows."""
+    import trajlab.models as models
+    from trajlab.models import load_model
+
+    model = load_model(tiny_model_dir)
+    models.enable_checkpointing(model)  # as the trainer does (model.gradient_checkpointing)
+    model.train()
+    if not models._checkpoints_read_only_caches(model.get_decoder()):
+        pytest.skip("this transformers drops caches in checkpointed layers")
+    g = torch.Generator().manual_seed(7)
+    V = model.config.vocab_size
+    prompt = torch.randint(3, V, (24,), generator=g)
+    lengths = [40, 31, 36, 29]
+    ids = torch.zeros(4, max(lengths), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.cat([prompt, torch.randint(3, V, (n - 24,), generator=g)])
+        attn[b, :n] = 1
+
+    def run():
+        model.zero_grad()
+        lp = token_logprobs(model, ids, attn, 1.0, start=24)
+        (lp * torch.linspace(0.5, 1.5, lp.shape[1])).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    calls = []
+    real_decoder = model.get_decoder()
+    monkeypatch.setattr(model, "get_decoder", lambda: _Spy(real_decoder, calls), raising=False)
+    shared = run()
+    assert [c[1] for c in calls] == [(1, 24), (4, max(lengths) - 24)]
+    # the flags the prefix pass and the suffix pass set are gone afterwards
+    layers = [m for m in real_decoder.modules() if hasattr(m, "gradient_checkpointing")]
+    assert all("_can_checkpoint_with_cache" not in m.__dict__ for m in layers)
+    assert model.is_activation_checkpointing
+    monkeypatch.setattr(models, "MIN_SHARED_PREFIX", 10**9)
+    calls.clear()
+    full = run()
+    assert [c[1] for c in calls] == [(4, max(lengths))]
+    torch.testing.assert_close(shared[0], full[0], atol=1e-5, rtol=1e-5)
+    for name in full[1]:
+        torch.testing.assert_close(shared[1][name], full[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_layer_is_read_only():
+    """PrefixLayer hands out prefix + new positions and keeps nothing (a replay reads the
+    same prefix); gradients reach the one shared row through the expand."""
+    from trajlab.engines.kv import PrefixLayer
+
+    k1 = torch.randn(1, 2, 5, 4, requires_grad=True)
+    v1 = torch.randn(1, 2, 5, 4)
+    layer = PrefixLayer(k1.expand(3, -1, -1, -1), v1.expand(3, -1, -1, -1))
+    new_k, new_v = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
+    k, v = layer.update(new_k, new_v, 0)
+    k_again, _ = layer.update(new_k, new_v, 0)
+    assert k.shape == (3, 2, 7, 4) and layer.get_seq_length() == 5
+    assert torch.equal(k, k_again) and torch.equal(v[:, :, 5:], new_v)
+    k.sum().backward()
+    torch.testing.assert_close(k1.grad, torch.full_like(k1, 3.0))
+
+
 class _Spy:
     """Records the input shape of every decoder call."""
 

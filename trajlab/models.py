@@ -584,17 +584,27 @@ def _hidden_states(
 
     Rows of a GRPO group start with the same prompt (and rows of different groups with the
     same system prompt). When all B rows share a prefix of P >= MIN_SHARED_PREFIX tokens,
-    the prefix runs once as a single row, its KV cache is repeated for every row, and only
-    the B suffixes run on top of it: prefix compute drops from B*P to P tokens, forward
-    and backward (the repeat's gradient sums over the rows, so the result is the same as
-    running every row in full, up to float error; tested). Otherwise, one plain pass.
+    the prefix runs once as a single row and the B suffixes run on top of its keys and
+    values (a read-only cache, engines.kv.PrefixLayer): prefix compute drops from B*P to P
+    tokens, forward and backward (the prefix's gradient sums over the rows, so the result
+    is the same as running every row in full, up to float error; tested). Under activation
+    checkpointing the prefix pass is not checkpointed (it writes the cache; one row's
+    activations) and the suffix layers are, reading the same prefix when replayed.
+    Otherwise (a short prefix, cache layers other than full attention, or a transformers
+    that drops caches under checkpointing), one plain pass.
     """
+    from trajlab.engines import kv
+
     decoder = model.get_decoder()
     B, T = input_ids.shape
     P = shared_prefix_length(input_ids, attention_mask) if B > 1 else 0
     P = min(P, T - 1)  # at least one suffix token per row
     checkpointing = getattr(model, "is_activation_checkpointing", False)
-    if P < MIN_SHARED_PREFIX or checkpointing:  # checkpointed layers refuse a KV cache
+    if (
+        P < MIN_SHARED_PREFIX
+        or not kv.supports_growing(model)
+        or (checkpointing and not _checkpoints_read_only_caches(decoder))
+    ):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
         return decoder(
             input_ids=input_ids,
@@ -604,23 +614,78 @@ def _hidden_states(
         ).last_hidden_state
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
-    head = decoder(
-        input_ids=input_ids[:1, :P],
-        position_ids=torch.arange(P, device=input_ids.device)[None],
-        use_cache=True,
-        **{cache_arg(decoder): cache},
-    ).last_hidden_state  # [1, P, H]
-    cache.batch_repeat_interleave(B)  # [B, KV, P, D] per layer; differentiable
+    one_row = DynamicCache(config=model.config)
+    with _layer_flags(decoder, gradient_checkpointing=False):
+        head = decoder(
+            input_ids=input_ids[:1, :P],
+            position_ids=torch.arange(P, device=input_ids.device)[None],
+            use_cache=True,
+            **{cache_arg(decoder): one_row},
+        ).last_hidden_state  # [1, P, H]
+    prefix = kv.prefix_cache(model, one_row, B)  # [B, KV, P, D] per layer, no copy
     suffix_pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, P:]  # [B, T - P]
-    tail = decoder(
-        input_ids=input_ids[:, P:],
-        attention_mask=attention_mask,
-        position_ids=suffix_pos,
-        use_cache=True,
-        **{cache_arg(decoder): cache},
-    ).last_hidden_state  # [B, T - P, H]
+    with _layer_flags(decoder, _can_checkpoint_with_cache=True):
+        tail = decoder(
+            input_ids=input_ids[:, P:],
+            attention_mask=attention_mask,
+            position_ids=suffix_pos,
+            use_cache=False,
+            **{cache_arg(decoder): prefix},
+        ).last_hidden_state  # [B, T - P, H]
     return torch.cat([head.expand(B, -1, -1), tail], dim=1)  # [B, T, H]
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing of every decoder layer, non-reentrant (the variant whose
+    replay may read tensors that are not the layer's inputs, such as a shared prefix's
+    keys and values; see _hidden_states)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before activation_checkpointing_enable
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _checkpoints_read_only_caches(decoder: torch.nn.Module) -> bool:
+    """Whether the checkpointed layers of `decoder` can keep a cache they only read: this
+    transformers has GradientCheckpointingLayer._can_checkpoint_with_cache (older ones
+    drop the cache) and every layer checkpoints non-reentrantly (a reentrant replay would
+    not send gradients back to the prefix)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return False
+    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return False
+    for m in decoder.modules():
+        if getattr(m, "gradient_checkpointing", False) and hasattr(
+            m, "_gradient_checkpointing_func"
+        ):
+            keywords = getattr(m._gradient_checkpointing_func, "keywords", {})
+            if keywords.get("use_reentrant", True):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _layer_flags(decoder: torch.nn.Module, **flags: bool):
+    """Set these attributes on every checkpointable layer of `decoder` for the duration
+    (instance attributes; the previous instance values, or none, come back after)."""
+    layers = [m for m in decoder.modules() if hasattr(m, "gradient_checkpointing")]
+    missing = object()
+    saved = [{k: m.__dict__.get(k, missing) for k in flags} for m in layers]
+    try:
+        for m in layers:
+            for k, v in flags.items():
+                setattr(m, k, v)
+        yield
+    finally:
+        for m, old in zip(layers, saved):
+            for k, v in old.items():
+                if v is missing:
+                    m.__dict__.pop(k, None)
+                else:
+                    setattr(m, k, v)
 
 
 def _per_token(

@@ -264,3 +264,41 @@ def prefill(
     for layer, (k, v) in zip(cache.layers, buffers, strict=True):
         layer.own(k, v, width)
     return cache, torch.cat(logits)
+
+
+class PrefixLayer(DynamicLayer):
+    """One layer's read-only cache: the keys and values [B, heads, P, dim] of a prefix every
+    row shares (an `expand` of one row is fine: no copy). `update` returns the prefix
+    followed by the new positions and stores nothing, so a layer may run twice on the same
+    input (activation checkpointing replays it in the backward pass) and reads the same
+    states both times; gradients reach the prefix through the returned concatenation."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.cat([self.keys, key_states], dim=-2),
+            torch.cat([self.values, value_states], dim=-2),
+        )
+
+
+def prefix_cache(model: torch.nn.Module, one_row, rows: int):
+    """A read-only cache (PrefixLayer per layer) that gives each of `rows` rows the prefix
+    held by the one-row DynamicCache `one_row`, or None when the model's cache has other
+    layer kinds than DynamicLayer."""
+    from transformers import DynamicCache
+
+    if not supports_growing(model):
+        return None
+    cache = DynamicCache(config=model.config)
+    cache.layers = [
+        PrefixLayer(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+        for layer in one_row.layers
+    ]
+    return cache

@@ -21,10 +21,11 @@ def load_trainable(m: ModelConfig) -> tuple[torch.nn.Module, Any]:
     """(model, tokenizer) of `m.model`, with a LoRA adapter when `m.lora` and gradient
     checkpointing when asked (generation keeps its KV cache)."""
     from trajlab.build import load_policy
+    from trajlab.models import enable_checkpointing
 
     model, tok = load_policy(m.model, m.dtype)
     if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
         model.config.use_cache = True
     if m.lora:
         from peft import LoraConfig, get_peft_model
