@@ -273,13 +273,18 @@ def stage_at(lines: list[tuple[float, str]], t: float) -> str:
     return before[-1][:70] if before else ""
 
 
+# A line that starts a demo stage: "[label] ...", except a stage's closing "[label] accuracy".
+STAGE_LINE = r"^\[[^\]]+\] (?!accuracy )"
+
+
 def stage_peaks(
-    lines: list[tuple[float, str]], timeline: list[Sample], pattern: str = r"^\[\d"
+    lines: list[tuple[float, str]], timeline: list[Sample], pattern: str = STAGE_LINE
 ) -> list[dict]:
     """Peak of each sum within each stage: a stage runs from a line matching `pattern` to the next.
 
-    Samples before the first stage line fall into a stage named '(start)'. The demo marks
-    its stages with lines such as '[2 sft] ...', which the default pattern matches.
+    Samples before the first stage line fall into a stage named '(start)'. The demo starts
+    each stage with a line such as '[after SFT] evaluating ...' or '[rl] GRPO ...', which
+    the default pattern matches (and not the '[after SFT] accuracy ...' line that ends one).
     """
     marks = [(t, line[:60]) for t, line in lines if re.search(pattern, line)]
     bounds = [(0.0, "(start)"), *marks]

@@ -100,7 +100,12 @@ def test_stage_peaks():
         S(2.5, 3, 70, 45, True, 30, 25),
         S(6.0, 1, 20, 20, True, 20, 20),
     ]
-    lines = [(1.0, "[0 base] eval"), (1.2, "progress 10%"), (5.0, "[1 data] teacher")]
+    lines = [
+        (1.0, "[0 base] eval"),
+        (1.2, "progress 10%"),
+        (3.0, "[0 base] accuracy 0.450 [0.300, 0.600]"),  # ends a stage, starts none
+        (5.0, "[1 data] teacher"),
+    ]
     st = bm.stage_peaks(lines, timeline)
     assert [x["stage"] for x in st] == ["(start)", "[0 base] eval", "[1 data] teacher"]
     assert [x["pss_sum"] for x in st] == [9, 45, 20]
