@@ -316,6 +316,34 @@ def test_bf16_decode_copy_follows_the_policy_weights(tiny_model_dir, tiny_tokeni
     assert [g.token_ids for g in fresh.generate(prompts, GREEDY)] == [g.token_ids for g in after]
 
 
+def test_released_decode_copy_is_rebuilt_from_the_current_weights(
+    tiny_model_dir, tiny_tokenizer, prompts
+):
+    """What the trainer does around an update: free the copy, change the weights, decode."""
+    from trajlab.models import load_model
+
+    policy = load_model(tiny_model_dir)
+    engine = HFEngine(policy, tiny_tokenizer, max_batch_size=8, decode_dtype="bfloat16")
+    engine.release_decode_copy()  # before any copy exists: nothing to free
+    engine.generate(prompts, GREEDY)
+    copy = engine._decoder.copy
+    engine.release_decode_copy()
+    assert all(p.numel() == 0 for p in copy.parameters())  # its storage is gone
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(-1.5)
+    after = engine.generate(prompts, GREEDY)
+    assert engine._decoder.copy is copy  # the same module, refilled
+    for dst, src in zip(copy.parameters(), policy.parameters(), strict=True):
+        assert dst.dtype == torch.bfloat16
+        torch.testing.assert_close(dst, src.to(torch.bfloat16))
+    fresh = HFEngine(policy, tiny_tokenizer, max_batch_size=8, decode_dtype="bfloat16")
+    assert [g.token_ids for g in fresh.generate(prompts, GREEDY)] == [g.token_ids for g in after]
+    same = HFEngine(policy, tiny_tokenizer, decode_dtype="float32")
+    same.release_decode_copy()  # no copy: the policy itself is never freed
+    assert all(p.numel() > 0 for p in policy.parameters())
+
+
 def test_decode_dtype_is_checked(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="decode_dtype must be one of"):
         HFEngine(tiny_model, tiny_tokenizer, decode_dtype="fp8")

@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
@@ -31,5 +33,15 @@ def _libc():
 def release_memory() -> None:
     """Collect reference cycles, then return freed heap pages to the OS (glibc only)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the heap's free pages to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Cheap enough to call after every large transient allocation (a micro-batch's
+    activations, a generate call's KV cache): glibc keeps pages it once handed out
+    resident after they are freed, so without it the next phase's allocations land on
+    other pages and the freed ones still count in the process's memory."""
     with contextlib.suppress(OSError, AttributeError):
         _libc().malloc_trim(0)

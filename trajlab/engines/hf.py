@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trajlab.engines.base import Generation, SamplingParams
+from trajlab.memory import trim_heap
 from trajlab.models import cache_arg, is_peft
 
 if TYPE_CHECKING:
@@ -154,7 +155,14 @@ class HFEngine:
                 chunk = [seqs[i] for i in order[s : s + self.max_batch_size]]
                 prompt_ids = [tuple(prompts[q.index]) for q in chunk]
                 self._decode_batch(model, prompt_ids, chunk, params, list(stop), on_tokens)
+        trim_heap()  # the batches' KV caches are freed: give their pages back
         return [self._to_generation(q) for q in seqs]
+
+    def release_decode_copy(self) -> None:
+        """Free the bf16 decode copy's weights until the next generate call rebuilds them
+        from the policy (the trainer calls this before an update, whose peak the copy
+        would otherwise add to). A no-op without a copy."""
+        self._decoder.release()
 
     @property
     def can_stream(self) -> bool:
@@ -322,6 +330,14 @@ class _DecodeWeights:
         else:
             yield self.model
 
+    def release(self) -> None:
+        """Free the copy's parameter storage; the next use() allocates and fills it again."""
+        if self.copy is None:
+            return
+        for p in self.copy.parameters():
+            p.data = p.data.new_empty(0)
+        self.versions = []
+
     def _current_copy(self) -> torch.nn.Module:
         versions = [p._version for p in self.model.parameters()]
         if self.copy is not None and versions == self.versions:
@@ -338,12 +354,19 @@ class _DecodeWeights:
                 with _lora_merged(self.model):
                     merged = _base_weights(self.model)
                     for name, dst in self.copy.named_parameters():
-                        dst.copy_(merged[name])
+                        _refill(dst, merged[name])
             else:
                 for dst, src in zip(self.copy.parameters(), self.model.parameters(), strict=True):
-                    dst.copy_(src)
+                    _refill(dst, src)
         self.versions = [p._version for p in self.model.parameters()]  # after any (un)merge
         return self.copy
+
+
+def _refill(dst: torch.nn.Parameter, src: torch.Tensor) -> None:
+    """Copy `src` into `dst` in dst's dtype, allocating it first if it was released."""
+    if dst.shape != src.shape:
+        dst.data = torch.empty_like(src, dtype=dst.dtype)
+    dst.copy_(src)
 
 
 def _base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -83,7 +83,7 @@ from trajlab.algos.losses import (
 )
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
-from trajlab.memory import release_memory
+from trajlab.memory import release_memory, trim_heap
 from trajlab.models import (
     autocast_context,
     token_logprobs,
@@ -198,7 +198,11 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
     keep = sb.group_res.keep if sb.group_res is not None else [True] * len(sb.trajs)
     sb.batch = [i for i in range(len(sb.trajs)) if keep[i]]
     # 4-5. logprobs, advantages, trajectory filters
-    release_memory()  # hand the rollout's KV caches back before activations grow
+    # Hand the rollout's KV caches back before activations grow, and the engine's bf16
+    # decode copy (rebuilt from the updated weights at the next rollout) with them.
+    if (release_copy := getattr(run.engine, "release_decode_copy", None)) is not None:
+        release_copy()
+    release_memory()
     advantages_of(run, sb, timings)
     # 6. loss and optimizer steps
     t0 = time.perf_counter()
@@ -582,6 +586,7 @@ def accumulate_gradients(
         micro = [rows[i] for i in micro_idx]
         out, lp = micro_loss(run, micro, advantages[micro_idx], denom)  # advantages: [B]
         out.loss.backward()
+        trim_heap()  # this micro-batch's activations are freed: their pages go back
         w = float(sum(r.loss_mask.sum() for r in micro))
         stats.append((w, out.stats))
         tokens += w
