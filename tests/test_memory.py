@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from trajlab.memory import release_memory, trim_heap
+from trajlab.memory import peak_rss, release_memory, trim_heap
 
 
 class _Holder:
@@ -53,3 +53,18 @@ def test_trim_heap_returns_freed_heap_pages():
     trim_heap()
     assert _private_dirty_bytes() < held - 64 * 2**20, "the freed 128 MiB stayed resident"
     assert len(keep) == 64 * 1024
+
+
+def test_peak_rss_is_the_high_water_mark_of_the_block():
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    out: dict[str, float] = {}
+    with peak_rss(out, "big"):
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
+        del x
+    with peak_rss(out, "small"):  # reset at the start: the first block's peak is gone
+        pass
+    assert out["big"] > 0
+    assert out["big"] - out["small"] > 48 / 1024, out  # the 64 MiB show up, then are reset

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -67,6 +68,8 @@ def test_train_cli_two_steps_then_resume(tiny_model_dir, tmp_path, capsys):
             "time/update",
             "tokens_per_s",
         } <= r.keys()
+        if sys.platform.startswith("linux"):  # the trainer's own peak per phase, from /proc
+            assert 0 < r["memory/rollout_peak_gib"] < 64 and 0 < r["memory/update_peak_gib"] < 64
     assert "eval/accuracy" in rows[-1] and (out / "eval" / "step_000002" / "metrics.json").is_file()
     lo, hi = rows[-1]["eval/accuracy_ci_low"], rows[-1]["eval/accuracy_ci_high"]
     assert lo <= rows[-1]["eval/accuracy"] <= hi

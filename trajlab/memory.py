@@ -23,11 +23,15 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+from collections.abc import Iterator
 
 
 @functools.lru_cache(maxsize=1)
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+GIB = float(2**30)
 
 
 def release_memory() -> None:
@@ -45,3 +49,35 @@ def trim_heap() -> None:
     other pages and the freed ones still count in the process's memory."""
     with contextlib.suppress(OSError, AttributeError):
         _libc().malloc_trim(0)
+
+
+@contextlib.contextmanager
+def peak_rss(into: dict[str, float], key: str) -> Iterator[None]:
+    """Record in `into[key]` the most memory (GiB, resident set) this process held during
+    the block: the kernel's high-water mark (VmHWM), reset when the block starts. Linux
+    only; elsewhere, or where /proc cannot be written, nothing is recorded. Other
+    processes (the sandbox) are not counted: benchmarks/bench_memory.py measures a whole
+    process tree."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set to the current one
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        kib = _status_kib("VmHWM")
+        if kib is not None:
+            into[key] = kib * 1024 / GIB
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

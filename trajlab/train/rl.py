@@ -83,7 +83,7 @@ from trajlab.algos.losses import (
 )
 from trajlab.config import ConfigError, to_dict
 from trajlab.engines.base import Engine, SamplingParams
-from trajlab.memory import release_memory, trim_heap
+from trajlab.memory import peak_rss, release_memory, trim_heap
 from trajlab.models import (
     autocast_context,
     token_logprobs,
@@ -192,9 +192,11 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
     run.threads.adjust()
     t_step = time.perf_counter()
     timings: dict[str, float] = defaultdict(float)
+    memory: dict[str, float] = {}  # peak resident GiB of this process per phase
 
     # 1-3. rollout, reward and group filters, with over-sampling rounds
-    sb = StepBatch(*collect_batch(run, step, timings))
+    with peak_rss(memory, "rollout"):
+        sb = StepBatch(*collect_batch(run, step, timings))
     keep = sb.group_res.keep if sb.group_res is not None else [True] * len(sb.trajs)
     sb.batch = [i for i in range(len(sb.trajs)) if keep[i]]
     # 4-5. logprobs, advantages, trajectory filters
@@ -206,7 +208,8 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
     advantages_of(run, sb, timings)
     # 6. loss and optimizer steps
     t0 = time.perf_counter()
-    update = update_policy(run, step, sb.rows, sb.advantages)
+    with peak_rss(memory, "update"):  # the logprob pass before it is part of no phase
+        update = update_policy(run, step, sb.rows, sb.advantages)
     timings["update"] += time.perf_counter() - t0
     # 7. log: overlays, trajectories, metrics row, evaluation
     t0 = time.perf_counter()
@@ -223,6 +226,7 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
         timings["eval"] += time.perf_counter() - t0
     timings["step"] = time.perf_counter() - t_step
     row.update({f"time/{k}": v for k, v in timings.items()})
+    row.update({f"memory/{k}_peak_gib": v for k, v in memory.items()})
     row["machine/load_avg_1m"] = os.getloadavg()[0]  # timings mean little without it
     row["tokens_per_s"] = row.get("generated_tokens", 0.0) / max(timings["rollout"], 1e-9)
     return row
