@@ -1,7 +1,10 @@
 """Give memory back between the stages of a long job (the demo: eval, SFT, eval, RL, eval).
 
-    from trajlab.memory import release_memory
+    from trajlab.memory import peak_rss, release_memory, trim_heap
     release_memory()   # after a stage's model, optimizer and engine went out of scope
+    trim_heap()        # after a large transient allocation (a micro-batch, a KV cache)
+    with peak_rss(memory, "update"):   # memory["update"]: this process's peak in GiB
+        ...
 
 Why: a stage's model, optimizer and engine reference each other (schedulers, hooks,
 engines holding loops holding engines), so when the stage returns they are cyclic garbage
@@ -25,13 +28,12 @@ import functools
 import gc
 from collections.abc import Iterator
 
+GIB = float(2**30)
+
 
 @functools.lru_cache(maxsize=1)
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-GIB = float(2**30)
 
 
 def release_memory() -> None:
