@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from trajlab.memory import status_kib  # noqa: E402
 from trajlab.retrieval import load_index  # noqa: E402
 from trajlab.retrieval.corpus import read_corpus  # noqa: E402
 from trajlab.retrieval.dense import query_threads  # noqa: E402
@@ -50,11 +51,10 @@ SIDECAR = "bench_build.json"
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+    kib = status_kib("VmRSS")
+    if kib is None:
+        raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+    return kib * 1024
 
 
 def build(

@@ -63,20 +63,21 @@ def peak_rss(into: dict[str, float], key: str) -> Iterator[None]:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # 5: reset the peak resident set to the current one
+        reset = True
     except OSError:
-        yield
-        return
+        reset = False
     try:
         yield
     finally:
-        kib = _status_kib("VmHWM")
+        kib = status_kib("VmHWM") if reset else None
         if kib is not None:
             into[key] = kib * 1024 / GIB
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM, ...); None where it cannot be read."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])

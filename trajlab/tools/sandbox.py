@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from trajlab.config import opt
+from trajlab.memory import status_kib
 from trajlab.tools import sandbox_zygote as zy
 
 M = TypeVar("M", bound=zy.Message)
@@ -988,14 +989,8 @@ def _session_prefix(s: _Slot) -> str:
 
 
 def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
+    kib = status_kib("VmRSS", pid)
+    return -1 if kib is None else kib
 
 
 class SandboxSession:
