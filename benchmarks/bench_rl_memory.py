@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajlab import demo  # noqa: E402
+from trajlab.engines import hf  # noqa: E402
 from trajlab.models import cpu_feature_summary  # noqa: E402
 from trajlab.train import rl  # noqa: E402
 from trajlab.train.config import load_train_config  # noqa: E402
@@ -86,6 +87,7 @@ class Trace:
         self.mallinfo = _mallinfo()
         self.peaks: dict[str, dict] = {}
         self.marks: dict[str, dict] = {}
+        self.trims: list[float] = []  # seconds of each heap trim
         self.t0 = time.perf_counter()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -126,6 +128,14 @@ def install(trace: Trace, adamw8bit: bool) -> None:
         return out
 
     rl.collect_batch, rl.update_policy = traced_collect, traced_update
+    trim = rl.trim_heap  # the trainer's and the engine's heap trims, timed
+
+    def timed_trim() -> None:
+        t = time.perf_counter()
+        trim()
+        trace.trims.append(time.perf_counter() - t)
+
+    rl.trim_heap = hf.trim_heap = timed_trim
     if adamw8bit:
         from torchao.optim import AdamW8bit
 
@@ -185,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     trace.stop = True
     trace.thread.join()
     print(table(trace, args.steps))
+    t = trace.trims
+    print(f"heap trims: {len(t)} calls, {sum(t):.2f} s in all, at most {max(t, default=0):.3f} s")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peaks": trace.peaks, "marks": trace.marks}))
+        data = {"peaks": trace.peaks, "marks": trace.marks, "trims_s": trace.trims}
+        Path(args.json).write_text(json.dumps(data))
     return 0
 
 

@@ -28,9 +28,10 @@ def test_the_benchmark_traces_every_step(tiny_model_dir, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| step | PSS at start |" in r.stdout and "load average" in r.stdout
-    assert "flags" in r.stdout
+    assert "flags" in r.stdout and "heap trims:" in r.stdout
     data = json.loads(out.read_text())
     for step in (1, 2):
         assert data["marks"][f"{step} start"]["tensors"] > 0  # the tiny model's weights
         assert data["peaks"][f"{step} rollout"]["pss"] > 0
+    assert data["trims_s"]  # the trainer trims after every backward, the engine per generate
     assert [line for line in r.stdout.splitlines() if line.startswith("| 2 |")]
