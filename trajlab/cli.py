@@ -7,6 +7,7 @@
     trajlab view RUN_DIR [RUN_DIR ...]
     trajlab compare RUN_A RUN_B      # B - A per metric, paired bootstrap interval
     trajlab serve --model default    # OpenAI-compatible server on 127.0.0.1:8000
+    trajlab test-time --task arith --method vote --budgets 1,2,4,8
 
 Each subcommand lives in its own module exposing `configure(parser)` and
 `main(args) -> int`. Only the module of the command being run is imported, so
@@ -46,6 +47,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (
         "trajlab.serve_cli",
         "an OpenAI-compatible server (chat, completions, tool calls, logprobs) over a model",
+    ),
+    "test-time": (
+        "trajlab.test_time.cli",
+        "best-of-N and voting over sampled trajectories: accuracy per sample budget",
     ),
     "seeds": (
         "trajlab.eval.seeds",

@@ -120,10 +120,24 @@ def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
             v = (
                 []
                 if v.strip().lower() in ("", "none")
-                else [x.strip() for x in v.split(",") if x.strip()]
+                else [_item(x.strip(), tp, f.name) for x in v.split(",") if x.strip()]
             )
         out[f.name] = v
     return out
+
+
+def _item(text: str, tp: Any, name: str) -> Any:
+    """One comma-separated item of a list flag, as the list's item type (int, float, str)."""
+    inner = (typing.get_args(tp) or (str,))[0]
+    if inner not in (int, float):
+        return text
+    try:
+        return inner(text)
+    except ValueError:
+        from trajlab.config import ConfigError
+
+        kind = "an integer" if inner is int else "a number"
+        raise ConfigError(f"{_flag(name)}: {text!r} is not {kind}") from None
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -476,6 +476,23 @@ def token_logprobs(
     )
 
 
+def next_token_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probabilities of the token after each row, over the full vocabulary. [B, T] ->
+    [B, V] float32. Rows are left-padded (the last column is every row's last real token),
+    as a batch of prompts is; a generative judge reads its verdict from this."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.long()
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("next_token_logprobs needs left-padded rows (padding first)")
+    _check_plain_lm_head(model)
+    hidden = _hidden_states(model, input_ids, attention_mask)[:, -1]  # [B, H]
+    logits = model.get_output_embeddings()(hidden).float()  # [B, V]
+    return torch.log_softmax(logits, dim=-1)
+
+
 def token_entropy(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

@@ -1,0 +1,327 @@
+"""Test-time search: answer clusters, selection rules, verifiers and `trajlab test-time`,
+checked against outcomes worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+
+import pytest
+import torch
+
+from trajlab.agent.loop import AgentConfig
+from trajlab.config import ConfigError
+from trajlab.engines.fake import FakeEngine
+from trajlab.models import load_model, load_tokenizer, next_token_logprobs
+from trajlab.test_time.answers import answer_equality, cluster_answers
+from trajlab.test_time.run import TestTimeConfig as TTConfig
+from trajlab.test_time.run import run_test_time
+from trajlab.test_time.select import best_of_n, choose, majority, weighted_majority
+from trajlab.test_time.verifiers import (
+    ConfidenceVerifier,
+    JudgeVerifier,
+    RewardVerifier,
+    make_verifier,
+)
+from trajlab.testing import make_tiny_model
+from trajlab.types import Example, Segment, Trajectory, read_jsonl
+
+# -- answers and rules ----------------------------------------------------------------
+
+
+def test_math_answers_cluster_by_value_and_unanswered_samples_do_not_vote():
+    same = answer_equality("math")
+    assert cluster_answers(["18", "18.0", "$18", "20", None, "20", " "], same) == [
+        0, 0, 0, 1, None, 1, None,
+    ]  # fmt: skip
+    assert cluster_answers(["\\frac{1}{2}", "0.5", "1/2"], same) == [0, 0, 0]
+
+
+def test_qa_answers_cluster_by_normalised_text():
+    same = answer_equality("qa")
+    assert cluster_answers(["The Eiffel Tower", "eiffel tower!", "Paris"], same) == [0, 0, 1]
+    with pytest.raises(ValueError, match="answer kind"):
+        answer_equality("code")
+
+
+def test_majority_takes_the_largest_cluster_and_the_first_seen_on_ties():
+    assert majority([1, 0, 0]) == 1  # cluster 0 has two votes; its first member is sample 1
+    assert majority([0, 1, 1, None, 0]) == 0  # 2 against 2: the cluster seen first
+    assert majority([None, None]) is None
+    assert majority([]) is None
+
+
+def test_weighted_majority_sums_scores_and_returns_the_best_member():
+    assert weighted_majority([0, 1, 1], [0.9, 0.5, 0.3]) == 0  # 0.9 > 0.5 + 0.3
+    assert weighted_majority([0, 1, 1], [0.7, 0.3, 0.5]) == 2  # 0.8 > 0.7: best member is 2
+    assert weighted_majority([0, 1, 1], [1.0, 1.0, 1.0]) == majority([0, 1, 1])
+    with pytest.raises(ValueError, match="2 clusters but 1 scores"):
+        weighted_majority([0, 1], [1.0])
+
+
+def test_best_of_n_takes_the_highest_score_first_on_ties():
+    assert best_of_n([0.2, 0.9, 0.9]) == 1
+    assert best_of_n([]) is None
+    assert choose("best_of_n", [None, 0], [0.8, 0.1]) == 0  # unanswered samples may win
+    with pytest.raises(ValueError, match="method must be one of"):
+        choose("beam", [0], [1.0])
+
+
+# -- verifiers ------------------------------------------------------------------------
+
+
+def _traj(text: str, logprobs: list[float], ex: str = "q", i: int = 0) -> Trajectory:
+    t = Trajectory(example_id=ex, sample_index=i)
+    t.add(Segment("prompt", [1, 2], "Q"))
+    t.add(Segment("model", list(range(len(logprobs))), text, logprobs=logprobs))
+    return t
+
+
+def test_confidence_is_the_geometric_mean_token_probability():
+    t = _traj("x", [math.log(0.5), math.log(0.125)])
+    (v,) = ConfidenceVerifier().score([(Example("q", "Q", "1"), t)])
+    assert v.score == pytest.approx(0.25)  # exp((ln 0.5 + ln 0.125) / 2) = sqrt(1/16)
+    empty = Trajectory("q", segments=[Segment("prompt", [1], "Q")])
+    assert ConfidenceVerifier().score([(Example("q", "Q", "1"), empty)])[0].score == 0.0
+
+
+def test_reward_verifier_scores_with_the_named_reward():
+    ex = Example("q", "What is 2+2?", "4")
+    boxed, bare = _traj("so \\boxed{5}", [-1.0]), _traj("it is 4", [-1.0])
+    v = RewardVerifier("format_boxed")
+    assert [x.score for x in v.score([(ex, boxed), (ex, bare)])] == [1.0, 0.0]
+    assert [x.score for x in RewardVerifier("math_correct").score([(ex, boxed), (ex, bare)])] == [
+        0.0,
+        1.0,
+    ]
+    with pytest.raises(ConfigError, match="verifier"):
+        make_verifier("reward:no_such_reward")
+    with pytest.raises(ConfigError, match="unknown verifier 'prm'"):
+        make_verifier("prm")
+    assert make_verifier("none") is None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = make_tiny_model(tmp_path_factory.mktemp("tiny-tt") / "m")
+    return load_model(path), load_tokenizer(path)
+
+
+def test_next_token_logprobs_of_left_padded_rows_match_each_row_alone(tiny):
+    model, _ = tiny
+    rows = [[5, 9, 17, 3], [44, 2]]
+    ids = torch.tensor([rows[0], [0, 0, *rows[1]]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    got = next_token_logprobs(model, ids, mask)
+    for r, row in enumerate(rows):
+        with torch.no_grad():
+            ref = model(torch.tensor([row])).logits[0, -1].float().log_softmax(-1)
+        torch.testing.assert_close(got[r], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="left-padded"):
+        next_token_logprobs(model, ids, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+
+
+def _word_logprob(model, prompt: list[int], spelling: list[int]) -> float:
+    """log P(spelling | prompt) by a plain forward pass: the reference for the judge."""
+    ids = torch.tensor([prompt + spelling])
+    with torch.no_grad():
+        lp = model(ids).logits[0].float().log_softmax(-1)
+    return sum(float(lp[len(prompt) - 1 + j, tok]) for j, tok in enumerate(spelling))
+
+
+@pytest.mark.parametrize("words", [(("y",), ("n",)), (("yes", " Yes"), ("no",))])
+def test_judge_scores_p_yes_and_stores_a_token_exact_grading(tiny, words):
+    # ("y", "n") are one token each in the tiny vocabulary; "yes", " Yes", "no" are 2-3.
+    model, tok = tiny
+    judge = JudgeVerifier(model, tok, model_spec="tiny", batch_size=2, yes_words=words[0],
+                          no_words=words[1])  # fmt: skip
+    ex = Example("q", "What is 6 times 7?", "42")
+    items = [(ex, _traj(f"The answer is \\boxed{{{a}}}.", [-1.0], i=i)) for i, a in
+             enumerate((42, 41, 7))]  # fmt: skip
+    verdicts = judge.score(items)
+    enc = lambda w: tok.encode(w, add_special_tokens=False)  # noqa: E731
+    for (e, t), v in zip(items, verdicts):
+        prompt = judge.prompt_ids(e, t)
+        p = {w: math.exp(_word_logprob(model, prompt, enc(w))) for w in (*words[0], *words[1])}
+        p_yes = sum(p[w] for w in words[0]) / sum(p.values())
+        assert v.score == pytest.approx(p_yes, abs=1e-4)
+        g = v.trajectory
+        assert g.token_ids[: len(prompt)] == prompt and g.prompt_length == len(prompt)
+        likely = max(words[0] if p_yes >= 0.5 else words[1], key=p.get)
+        said = g.segments[1]
+        assert said.token_ids == enc(likely) and g.prediction == ("yes" if p_yes >= 0.5 else "no")
+        assert sum(said.logprobs) == pytest.approx(math.log(p[likely]), abs=1e-4)
+        assert g.metadata["judge"]["of_sample"] == t.sample_index
+        assert v.cost_tokens == len(prompt) + len(said)
+        assert "What is 6 times 7?" in tok.decode(prompt)
+
+
+# -- the run --------------------------------------------------------------------------
+
+# Per question, the answer of each sample (None: no answer). R marks the right one.
+SCRIPT = {
+    "q0": ["5", "42", "42", "6"],  # right answer 42
+    "q1": ["10", "11", "11", "11"],  # right answer 10
+    "q2": ["3", "3", "3", "3"],  # right answer 3
+    "q3": [None, "8", "9", "9"],  # right answer 9
+}
+ANSWERS = {"q0": "42", "q1": "10", "q2": "3", "q3": "9"}
+
+
+def _scripted_engine(tok):
+    calls: dict[str, int] = defaultdict(int)
+
+    def respond(prompt: str) -> str:
+        q = prompt.rsplit("Question ", 1)[1].split(":")[0]
+        i = calls[q]
+        calls[q] += 1
+        a = SCRIPT[q][i % 4]
+        return "I am not sure." if a is None else f"The answer is \\boxed{{{a}}}."
+
+    return FakeEngine(tok, respond)
+
+
+def _task(tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": q, "question": f"Question {q}: what is it?", "answer": a}) + "\n"
+            for q, a in ANSWERS.items()
+        )
+    )
+    return str(path)
+
+
+def _config(tmp_path, **kw):
+    base = dict(
+        model="fake",
+        task=_task(tmp_path),
+        budgets=[1, 2, 4],
+        batch_size=4,
+        progress=False,
+        temperature=1.0,
+        prompt="question",
+        agent=AgentConfig(protocol="code", tools=[]),
+        out=str(tmp_path / "tt"),
+    )
+    return TTConfig(**{**base, **kw})
+
+
+def test_vote_curve_matches_the_hand_count(tiny, tmp_path):
+    _, tok = tiny
+    m = run_test_time(_config(tmp_path), engine=_scripted_engine(tok), argv=["trajlab"])
+    curve = {r["k"]: r for r in m["curve"]}
+    # k=1: q1, q2 right. k=2: q0 ties 5/42 -> 5 (first seen), q1 ties 10/11 -> 10, q3 has
+    # one vote (8). k=4: 42 wins q0 (2 of 4), 11 wins q1 (3 of 4), 9 wins q3.
+    assert [curve[k]["accuracy"] for k in (1, 2, 4)] == [0.5, 0.5, 0.75]
+    assert [curve[k]["sample_accuracy"] for k in (1, 2, 4)] == [0.5, 0.5, 0.5625]
+    assert [curve[k]["pass_at_k"] for k in (1, 2, 4)] == [0.5, 0.75, 1.0]
+    assert curve[1]["answered_rate"] == 0.75  # q3's first sample has no answer
+    assert curve[4]["gain_over_sample"] == pytest.approx(0.1875)
+    lo, hi = curve[4]["accuracy_ci"]
+    assert 0.0 <= lo <= 0.75 <= hi <= 1.0
+    out = tmp_path / "tt"
+    for name in ("run.json", "config.json", "metrics.json", "summary.md", "curve.png",
+                 "trajectories.jsonl", "chosen.jsonl", "samples/trajectories.jsonl"):  # fmt: skip
+        assert (out / name).exists(), name
+    trajs = read_jsonl(out / "trajectories.jsonl")
+    assert len(trajs) == 16
+    chosen_at = {
+        (t.example_id, t.sample_index): t.metadata["test_time"]["chosen_at"] for t in trajs
+    }
+    assert chosen_at[("q0", 0)] == [1, 2] and chosen_at[("q0", 1)] == [4]
+    assert chosen_at[("q3", 1)] == [2] and chosen_at[("q3", 0)] == []
+    chosen = read_jsonl(out / "chosen.jsonl")
+    assert [(t.example_id, t.sample_index, t.prediction) for t in chosen] == [
+        ("q0", 1, "42"), ("q1", 1, "11"), ("q2", 0, "3"), ("q3", 2, "9"),
+    ]  # fmt: skip
+    assert json.loads((out / "run.json").read_text())["kind"] == "test_time"
+    assert "| 4 |" in (out / "summary.md").read_text()
+
+
+def test_samples_of_an_eval_run_are_reused_and_an_answer_reading_reward_is_the_oracle(
+    tiny, tmp_path
+):
+    _, tok = tiny
+    run_test_time(_config(tmp_path), engine=_scripted_engine(tok))
+    samples = tmp_path / "tt" / "samples"
+    cfg = TTConfig(samples=str(samples), method="best_of_n", verifier="reward:math_correct",
+                         budgets=[1, 2, 4], out=str(tmp_path / "bon"))  # fmt: skip
+    m = run_test_time(cfg)  # no engine: nothing is sampled
+    for r in m["curve"]:
+        assert r["accuracy"] == r["pass_at_k"]  # best-of-N under the gold reward is pass@k
+    assert m["samples_run"] == str(samples) and not (tmp_path / "bon" / "samples").exists()
+    with pytest.raises(ConfigError, match="fewer than the budget 8"):
+        run_test_time(TTConfig(samples=str(samples), budgets=[8], out=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match="not an evaluation run directory"):
+        run_test_time(TTConfig(samples=str(tmp_path), out=str(tmp_path / "y")))
+
+
+def test_judge_gradings_are_stored_and_reused(tiny, tmp_path, monkeypatch):
+    _, tok = tiny
+    judge_dir = make_tiny_model(tmp_path / "judge", seed=1)
+    cfg = _config(tmp_path, method="best_of_n", verifier="judge", judge_model=str(judge_dir))
+    m = run_test_time(cfg, engine=_scripted_engine(tok))
+    gradings = read_jsonl(tmp_path / "tt" / "judge.jsonl")
+    assert len(gradings) == 16 and {g.metadata["judge"]["model"] for g in gradings} == {
+        str(judge_dir)
+    }
+    scores = {(g.example_id, g.metadata["judge"]["of_sample"]): g.metadata["judge"]["p_yes"]
+              for g in gradings}  # fmt: skip
+    for t in read_jsonl(tmp_path / "tt" / "trajectories.jsonl"):
+        assert t.metadata["test_time"]["score"] == scores[(t.example_id, t.sample_index)]
+    assert m["curve"][-1]["verifier_tokens_per_question"] > 0
+    # Another selection rule over the same samples reads the stored gradings: no judge runs.
+    from trajlab.test_time.verifiers import JudgeVerifier as JV
+
+    monkeypatch.setattr(JV, "score", lambda *a: pytest.fail("the judge ran again"))
+    again = run_test_time(
+        _config(tmp_path, method="weighted_vote", verifier="judge", judge_model=str(judge_dir)),
+        engine=_scripted_engine(tok),
+    )
+    assert again["method"] == "weighted_vote"
+    assert len(read_jsonl(tmp_path / "tt" / "judge.jsonl")) == 16
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="cannot serve the budget 8"):
+        TTConfig(n=4, budgets=[2, 8])
+    with pytest.raises(ValueError, match="needs a verifier"):
+        TTConfig(method="best_of_n", verifier="none")
+    with pytest.raises(ValueError, match="budgets must be positive"):
+        TTConfig(budgets=[0, 2])
+    c = TTConfig(budgets=[4, 1, 2, 2])
+    assert c.budgets == [1, 2, 4] and c.n == 4 and c.temperature == 1.0
+    assert TTConfig(method="weighted_vote").verifier == "confidence"
+
+
+def test_cli_on_a_tiny_model_writes_the_curve_and_reuses_its_samples(tmp_path):
+    import subprocess
+    import sys
+
+    model = make_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "run"
+
+    def trajlab(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "trajlab.cli", "test-time", *args],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    r = trajlab("--model", str(model), "--task", "arith", "--limit", "3", "--budgets", "1,2",
+                "--tools", "none", "--max-new-tokens-per-turn", "12", "--max-turns", "1",
+                "--out", str(out), "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "k=2" in r.stdout and f"view {out}" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert [row["k"] for row in m["curve"]] == [1, 2] and m["num_examples"] == 3
+    assert len(read_jsonl(out / "samples" / "trajectories.jsonl")) == 6
+    r = trajlab("--samples", str(out / "samples"), "--method", "best_of_n", "--verifier",
+                "judge", "--budgets", "2", "--out", str(tmp_path / "bon"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(read_jsonl(tmp_path / "bon" / "judge.jsonl")) == 6
+    r = trajlab("--samples", str(out / "samples"), "--budgets", "4", "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and "fewer than the budget 4" in r.stderr
+    r = trajlab("--budgets", "1,x", "--out", str(tmp_path / "y"))
+    assert r.returncode != 0 and "--budgets: 'x' is not an integer" in r.stderr

@@ -1,0 +1,20 @@
+"""Test-time search over trajectories: spend more inference on a question, pick better.
+
+    trajlab test-time --model default --task arith --method vote --budgets 1,2,4,8
+    trajlab test-time --samples runs/arith_n8 --method best_of_n --verifier judge
+
+Every strategy works on trajectories of the one agent loop (trajlab.agent.loop) and the
+one ledger (trajlab.types.Trajectory), so what it picks is token-exact, viewable and
+trainable like any rollout. Modules:
+
+- answers.py    which sampled answers are the same answer (math-verify, QA normalisation)
+- select.py     the selection rules: majority vote, weighted vote, best-of-N
+- verifiers.py  scores for the rules: a reward function, the policy's own confidence,
+                a generative judge whose grading trajectories are stored
+- run.py        `trajlab test-time`: samples through the evaluation harness, scores,
+                selects at every budget and writes a run directory with the
+                compute-accuracy curve (docs/search_methods.md)
+
+Not here (yet): step-level search (PRM beam search, MCTS), DOTS, PlanGEN, Retro-Search.
+This package is not the `search` tool (trajlab.tools.search), which retrieves passages.
+"""

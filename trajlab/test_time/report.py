@@ -1,0 +1,75 @@
+"""summary.md and curve.png of a test-time run (trajlab.test_time.run's metrics).
+
+What it does not do: compute anything; it formats the curve run.py measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _ci(row: dict[str, Any], key: str, signed: bool = False) -> str:
+    lo, hi = row[f"{key}_ci"]
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(row[key])} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def write_summary(path: Path, m: dict[str, Any]) -> None:
+    verifier = "" if m["verifier"] == "none" else f", verifier `{m['verifier']}`"
+    lines = [
+        "# Test-time search summary",
+        "",
+        f"- method: `{m['method']}`{verifier}",
+        f"- model: `{m['model']}`; task: `{m['task']}` ({m['num_examples']} questions); "
+        f"sampling temperature {m.get('temperature')}",
+        f"- samples: `{m.get('samples_run', '')}`",
+        "",
+        "Budget k: the strategy sees the first k samples of each question. Plain sampling: "
+        "one of those k at random (their mean accuracy). pass@k: a question counts when any "
+        "of the k is right, the most any selection can reach. Intervals: 95 % bootstrap over "
+        "questions; the gain is paired.",
+        "",
+        "| k | model tokens / question | verifier tokens / question | accuracy | plain sampling "
+        "| gain | pass@k | answered |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in m["curve"]:
+        lines.append(
+            f"| {r['k']} | {r['model_tokens_per_question']:.0f} | "
+            f"{r['verifier_tokens_per_question']:.0f} | {_ci(r, 'accuracy')} | "
+            f"{_ci(r, 'sample_accuracy')} | {_ci(r, 'gain_over_sample', signed=True)} | "
+            f"{r['pass_at_k']:.3f} | {r['answered_rate']:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_curve_plot(path: Path, m: dict[str, Any]) -> None:
+    """Accuracy against model tokens per question: the strategy, plain sampling, pass@k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = m["curve"]
+    x = [r["model_tokens_per_question"] + r["verifier_tokens_per_question"] for r in curve]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("accuracy", m["method"]), ("sample_accuracy", "plain sampling")):
+        y = [r[key] for r in curve]
+        err = [[v - r[f"{key}_ci"][0] for v, r in zip(y, curve)],
+               [r[f"{key}_ci"][1] - v for v, r in zip(y, curve)]]  # fmt: skip
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    ax.plot(x, [r["pass_at_k"] for r in curve], "k--", marker=".", label="pass@k (oracle)")
+    for xi, r in zip(x, curve):
+        ax.annotate(f"k={r['k']}", (xi, r["accuracy"]), fontsize=7, xytext=(3, -10),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens per question (sampled + verifier)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{m['model']} on {m['task']}: {m['method']} ({m['verifier']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
