@@ -325,3 +325,72 @@ def test_cli_on_a_tiny_model_writes_the_curve_and_reuses_its_samples(tmp_path):
     assert r.returncode != 0 and "fewer than the budget 4" in r.stderr
     r = trajlab("--budgets", "1,x", "--out", str(tmp_path / "y"))
     assert r.returncode != 0 and "--budgets: 'x' is not an integer" in r.stderr
+
+
+# -- the outcome reward model ---------------------------------------------------------
+
+
+def test_last_token_states_of_right_padded_rows_match_each_row_alone(tiny):
+    from trajlab.test_time.orm import last_token_states
+
+    model, _ = tiny
+    seqs = [[5, 9, 17, 3, 8], [44, 2], [7, 7, 7]]
+    got = last_token_states(model, seqs, batch_size=2)
+    for row, seq in zip(got, seqs):
+        with torch.no_grad():
+            ref = model.model(torch.tensor([seq])).last_hidden_state[0, -1]
+        torch.testing.assert_close(torch.from_numpy(row), ref.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_probe_learns_a_separable_label_and_refuses_one_class():
+    import numpy as np
+
+    from trajlab.test_time.orm import train_orm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    y = (x[:, 2] > 0).astype(int)  # the label is the sign of one feature
+    groups = [f"q{i // 4}" for i in range(80)]
+    probe, auc = train_orm(x, y, groups, folds=4)
+    assert auc > 0.95
+    z = ((x - probe["mean"]) / probe["scale"]) @ np.asarray(probe["coef"]) + probe["intercept"]
+    assert ((z > 0) == (y == 1)).mean() > 0.9
+    assert abs(probe["coef"][2]) == max(map(abs, probe["coef"]))
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        train_orm(x, np.zeros(80, dtype=int), groups)
+    with pytest.raises(ConfigError, match="too few right"):
+        train_orm(x, np.eye(1, 80, dtype=int)[0], groups)
+
+
+def test_orm_cli_trains_from_scored_samples_and_the_verifier_uses_it(tiny, tmp_path):
+    import argparse
+
+    from trajlab.test_time import orm
+
+    _, tok = tiny
+    model_dir = make_tiny_model(tmp_path / "base")
+    run_test_time(_config(tmp_path), engine=_scripted_engine(tok))
+    samples, out = tmp_path / "tt" / "samples", tmp_path / "orm"
+    p = argparse.ArgumentParser()
+    orm.configure(p)
+    args = p.parse_args(["--samples", str(samples), "--out", str(out), "--model", str(model_dir),
+                         "--dtype", "float32", "--folds", "2"])  # fmt: skip
+    assert orm.main(args) == 0
+    spec = json.loads((out / "orm.json").read_text())
+    assert spec["base_model"] == str(model_dir) and spec["dtype"] == "float32"
+    assert (
+        spec["train"]["trajectories"] == 16 and spec["train"]["positives"] == 9
+    )  # 2 + 1 + 4 + 2 in SCRIPT
+    assert len(spec["probe"]["coef"]) == 64 and 0.0 <= spec["train"]["cv_auc"] <= 1.0
+    with pytest.raises(ConfigError, match="exists"):
+        orm.main(args)  # a trained probe is never overwritten
+    cfg = TTConfig(samples=str(samples), method="best_of_n", verifier=f"orm:{out}",
+                   budgets=[1, 4], out=str(tmp_path / "bon"))  # fmt: skip
+    run_test_time(cfg)
+    scores = [
+        t.metadata["test_time"]["score"]
+        for t in read_jsonl(tmp_path / "bon" / "trajectories.jsonl")
+    ]
+    assert len(scores) == 16 and all(0.0 < s < 1.0 for s in scores)
+    with pytest.raises(ConfigError, match="no orm.json"):
+        make_verifier(f"orm:{tmp_path / 'nothing'}")

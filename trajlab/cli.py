@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trajlab.test_time.cli",
         "best-of-N and voting over sampled trajectories: accuracy per sample budget",
     ),
+    "orm": (
+        "trajlab.test_time.orm",
+        "train an outcome reward model (a probe on a model's hidden state) from scored samples",
+    ),
     "seeds": (
         "trajlab.eval.seeds",
         "several seeds of one recipe: held-out mean and min-max at every evaluation, curves",

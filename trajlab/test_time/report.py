@@ -73,3 +73,72 @@ def write_curve_plot(path: Path, m: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_runs(runs: list[Path], path: Path) -> Path:
+    """One compute-accuracy plot over several test-time runs: per (method, verifier), the
+    mean accuracy over the runs that share it (e.g. sampling seeds) with a min-max band,
+    and plain sampling and pass@k the same way."""
+    import json
+    from collections import defaultdict
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
+    for run in runs:
+        m = json.loads((Path(run) / "metrics.json").read_text())
+        label = m["method"] + ("" if m["verifier"] == "none" else f" ({m['verifier']})")
+        x = [r["model_tokens_per_question"] + r["verifier_tokens_per_question"] for r in m["curve"]]
+        lines[label].append(list(zip(x, (r["accuracy"] for r in m["curve"]))))
+        if m["verifier"] == "none":  # one copy of the baselines per set of samples
+            xs = [r["model_tokens_per_question"] for r in m["curve"]]
+            lines["plain sampling"].append(
+                list(zip(xs, (r["sample_accuracy"] for r in m["curve"])))
+            )
+            lines["pass@k (oracle)"].append(list(zip(xs, (r["pass_at_k"] for r in m["curve"]))))
+    if not lines:
+        raise ValueError("no test-time runs to plot")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curves in lines.items():
+        n = min(map(len, curves))
+        x = [sum(c[i][0] for c in curves) / len(curves) for i in range(n)]
+        ys = [[c[i][1] for c in curves] for i in range(n)]
+        style = "k--" if label.startswith("pass@k") else "-"
+        ax.plot(x, [sum(y) / len(y) for y in ys], style, marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens per question (sampled + verifier)")
+    ax.set_ylabel("accuracy (mean over runs, band: min-max)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trajlab.test_time.report RUN [RUN ...] --out FIG.png"""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m trajlab.test_time.report",
+        description="one compute-accuracy plot over several `trajlab test-time` runs",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="test-time run directories")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    a = p.parse_args(argv)
+    for run in a.runs:
+        if not (run / "metrics.json").is_file():
+            p.error(f"{run} has no metrics.json; is it a finished `trajlab test-time` run?")
+    print(plot_runs(a.runs, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

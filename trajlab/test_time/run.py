@@ -13,7 +13,8 @@ question and picks one (select.py). The run directory OUT holds:
     metrics.json               the compute-accuracy curve: per budget, the strategy's
                                accuracy, one sample's (plain sampling), pass@k (the best
                                any selection could do), the paired gain over one sample,
-                               95 % bootstrap intervals over questions, tokens per question
+                               95 % bootstrap intervals over questions, tokens per question;
+                               `accuracy` at its top level is the largest budget's
     trajectories.jsonl         the samples, each with metadata["test_time"]: its verifier
                                score, its answer cluster and the budgets that chose it
     chosen.jsonl               the trajectory chosen at the largest budget, per question
@@ -62,9 +63,9 @@ class TestTimeConfig(EvalConfig):
     verifier: str = opt(
         "",
         "scores for weighted_vote and best_of_n: confidence (the policy's mean token "
-        "probability), judge (a model asked yes or no), reward:NAME (a reward; one that "
-        "reads the reference answer makes best_of_n the oracle pass@N); empty: none for "
-        "vote, confidence otherwise",
+        "probability), judge (a model asked yes or no), orm:DIR (an outcome reward model "
+        "trained by `trajlab orm`), reward:NAME (a reward; one that reads the reference "
+        "answer makes best_of_n the oracle pass@N); empty: none for vote, confidence otherwise",
     )
     budgets: list[int] = opt(
         [1, 2, 4, 8], "samples per question the strategy may use; n defaults to the largest"
@@ -318,7 +319,12 @@ def select_and_measure(
                 "verifier_tokens_per_question": _mean(r["verifier_tokens"]),
             }
         )
+    last = curve[-1]
     return {
+        # the headline (the viewer's run list): the strategy at the largest budget
+        "accuracy": last["accuracy"],
+        "accuracy_ci": last["accuracy_ci"],
+        "sample_accuracy": last["sample_accuracy"],
         "method": config.method,
         "verifier": config.verifier,
         "model": sample_cfg.model,

@@ -20,8 +20,11 @@
 A Verdict also says how many tokens the verifier processed (`cost_tokens`), so a
 compute-accuracy curve can count them.
 
-What it does not do: train a verifier; an outcome or process reward model trained from
-rollouts is not here yet.
+- `orm:DIR`: an outcome reward model trained by `trajlab orm` (orm.py): a probe on the
+  frozen model's hidden state that gives P(correct) without the reference answer.
+
+What it does not do: train a verifier (orm.py does); a process reward model, which
+scores partial trajectories, is not here yet.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ def _logsumexp(xs: list[float]) -> float:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-VERIFIERS = ("none", "confidence", "judge", "reward:NAME")
+VERIFIERS = ("none", "confidence", "judge", "reward:NAME", "orm:DIR")
 
 
 def make_verifier(
@@ -219,6 +222,10 @@ def make_verifier(
         return ConfidenceVerifier()
     if spec.startswith("reward:"):
         return RewardVerifier(spec.removeprefix("reward:"))
+    if spec.startswith("orm:"):
+        from trajlab.test_time.orm import ORMVerifier
+
+        return ORMVerifier(spec.removeprefix("orm:"), batch_size=batch_size)
     if spec == "judge":
         if model is None:
             from trajlab.build import load_policy
