@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -177,3 +178,23 @@ def test_tool_plugins_stand_in_for_a_registered_tool(tok, tmp_path):
     trajs = read_jsonl(out / "trajectories.jsonl")
     assert m["tool_call_rate"] == 1.0
     assert {c.result for t in trajs for c in t.tool_calls} == {"42"}
+
+
+def test_batches_of_a_sampled_run_draw_independent_samples(tmp_path):
+    # The same question under two ids, one per batch: with one seed for every batch, row 0
+    # of each batch would replay the same random draws and give the same text.
+    model = make_tiny_model(tmp_path / "m")
+    same = [Example(id=f"dup{i}", question="What is 6 times 7?", answer="42") for i in range(2)]
+    cfg = EvalConfig(
+        model=str(model), task="inline", out=str(tmp_path / "run"), batch_size=1, n=1,
+        temperature=1.0, progress=False, prompt="question",
+        agent=AgentConfig(protocol="code", tools=[], max_new_tokens_per_turn=24),
+    )  # fmt: skip
+    evaluate(cfg, examples=same)
+    a, b = read_jsonl(tmp_path / "run" / "trajectories.jsonl")
+    assert a.token_ids[: a.prompt_length] == b.token_ids[: b.prompt_length]
+    assert a.response_token_ids != b.response_token_ids
+    # ...and the same command again, in a new directory, samples exactly the same.
+    evaluate(replace(cfg, out=str(tmp_path / "again")), examples=same)
+    c, d = read_jsonl(tmp_path / "again" / "trajectories.jsonl")
+    assert (c.token_ids, d.token_ids) == (a.token_ids, b.token_ids)

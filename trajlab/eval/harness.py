@@ -323,6 +323,7 @@ def _roll_out(
         for start in range(0, len(jobs), config.batch_size):
             threads.adjust()
             chunk = jobs[start : start + config.batch_size]
+            loop.sampling = batch_sampling(config, chunk)
             trajs = loop.run(chunk, progress=progress)
             for (ex, _), t in zip(chunk, trajs):
                 scorer(ex, t)
@@ -332,6 +333,24 @@ def _roll_out(
             progress.set(acc=f"{correct / seen:.3f}")
     finally:
         progress.close()
+
+
+def batch_sampling(config: EvalConfig, chunk: list[tuple[Example, int]]) -> SamplingParams:
+    """The sampling of one harness batch: its seed comes from config.seed and the batch's
+    first (example, sample) pair. The engine seeds each row from (seed, row position), so
+    one seed for every batch would give the rows at the same position in different
+    batches the same random draws: samples of different questions would be correlated,
+    and intervals over questions too narrow. A resumed run meets the same batches (they
+    are written whole), so it samples what the uninterrupted run would have."""
+    import zlib
+
+    params = config.sampling()
+    if params.greedy or not chunk:
+        return params
+    ex, i = chunk[0]
+    key = zlib.crc32(f"{ex.id}\x00{i}".encode())
+    params.seed = (config.seed * 1_000_003 + key) % (1 << 31)
+    return params
 
 
 def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) -> Engine:
