@@ -394,3 +394,157 @@ def test_orm_cli_trains_from_scored_samples_and_the_verifier_uses_it(tiny, tmp_p
     assert len(scores) == 16 and all(0.0 < s < 1.0 for s in scores)
     with pytest.raises(ConfigError, match="no orm.json"):
         make_verifier(f"orm:{tmp_path / 'nothing'}")
+
+
+# -- step by step: the loop's turn API and beam search ---------------------------------
+
+
+def _calc():
+    from trajlab.tools.base import ToolResult
+    from trajlab.tools.fake import ScriptedTool
+
+    return ScriptedTool("python", {f"print({k})": str(k) for k in range(10)},
+                        default=ToolResult(output="?", ok=False, status="error"))  # fmt: skip
+
+
+def _code(k: int) -> str:
+    return f"Let me run it.\n```python\nprint({k})\n```\n"
+
+
+# Responses by what the context ends with, in call order; the verifier's score of each.
+TURNS = {
+    "prompt": [_code(1), _code(2), "So \\boxed{5}.", _code(3)],
+    "1": ["So \\boxed{1}."],
+    "2": ["So \\boxed{2}.", "So \\boxed{4}."],
+    "3": ["So \\boxed{3}.", _code(9)],
+    "9": ["So \\boxed{9}.", "So \\boxed{8}."],
+}
+SCORES = {_code(1): 0.1, _code(2): 0.9, "So \\boxed{5}.": 0.3, _code(3): 0.5,
+          "So \\boxed{2}.": 0.4, "So \\boxed{4}.": 0.8, "So \\boxed{3}.": 0.6, _code(9): 0.7,
+          "So \\boxed{9}.": 0.95, "So \\boxed{8}.": 0.2}  # fmt: skip
+
+
+def _turn_engine(tok):
+    import re
+
+    calls: dict[str, int] = defaultdict(int)
+
+    def respond(prompt: str) -> str:
+        outs = re.findall(r"```output\n(\d)", prompt.rsplit("What is it?", 1)[1])
+        key = outs[-1] if outs else "prompt"
+        i = calls[key]
+        calls[key] += 1
+        return TURNS[key][i]
+
+    return FakeEngine(tok, respond)
+
+
+class LastTurnScore:
+    name = "scripted"
+
+    def score(self, items):
+        from trajlab.test_time.verifiers import Verdict
+
+        out = []
+        for _, t in items:
+            last = [s.text for s in t.segments if s.source == "model"][-1]
+            key = next(k for k in SCORES if last.startswith(k.rstrip("\n")))
+            out.append(Verdict(SCORES[key], cost_tokens=1))
+        return out
+
+
+def _loop(tok):
+    from trajlab.agent.loop import AgentLoop
+
+    cfg = AgentConfig(protocol="code", tools=["python"], max_turns=3, max_tool_calls=2)
+    return AgentLoop(_turn_engine(tok), {"python": _calc()}, cfg)
+
+
+def test_start_advance_finish_is_run(tiny):
+    _, tok = tiny
+    ex = Example("q", "What is it?", "9")
+    whole = _loop(tok).run([(ex, 0)])[0]
+    loop = _loop(tok)
+    (e,) = loop.start([(ex, 0)])
+    while not e.done:
+        loop.advance([e])
+    (stepped,) = loop.finish([e])
+    for t in (stepped, whole):
+        for c in t.tool_calls:
+            c.latency_s = 0.0  # the one field that is a measurement
+    assert stepped.to_dict() == whole.to_dict() and stepped.stop_reason == "answer"
+    assert [c.result for c in stepped.tool_calls] == ["1"]
+
+
+def test_forks_continue_independently_from_a_shared_prefix(tiny):
+    _, tok = tiny
+    loop = _loop(tok)
+    (root,) = loop.start([(Example("q", "What is it?", "9"), 0)])
+    a, b = loop.fork(root, 1), loop.fork(root, 2)
+    loop.advance([a, b])  # _code(1) and _code(2), each with its own observation
+    assert [c.result for c in a.traj.tool_calls] == ["1"]
+    assert [c.result for c in b.traj.tool_calls] == ["2"]
+    assert root.traj.segments == a.traj.segments[:1] == b.traj.segments[:1] and not root.turns
+    c = loop.fork(b, 3)
+    loop.advance([c])
+    assert (
+        len(b.traj.segments) < len(c.traj.segments)
+        and c.traj.segments[: len(b.traj.segments)] == b.traj.segments
+    )
+    for t in loop.finish([a, b, c]):
+        assert t.token_ids[: len(t.loss_mask)] == t.token_ids  # one id per mask entry
+        assert all(m == 0 for s in t.segments if s.source != "model" for m in s.loss_mask)
+
+
+def test_beam_search_keeps_the_top_width_by_the_verifier_and_returns_the_best_finished(tiny):
+    from trajlab.test_time.beam import beam_search
+
+    _, tok = tiny
+    ex = Example("q", "What is it?", "9")
+    r = beam_search(_loop(tok), [ex], LastTurnScore(), width=2, expand=2)
+    # depth 0: 4 first turns; code(2) 0.9 and code(3) 0.5 stay, boxed{5} ends (0.3).
+    # depth 1: boxed{2} 0.4, boxed{4} 0.8, boxed{3} 0.6 end; code(9) 0.7 stays alone.
+    # depth 2: boxed{9} 0.95, boxed{8} 0.2. The best finished is boxed{9}.
+    assert r.chosen["q"].model_text.endswith("So \\boxed{9}.<|im_end|>")
+    assert [c.result for c in r.chosen["q"].tool_calls] == ["3", "9"]
+    assert sorted(t.metadata["test_time"]["score"] for t in r.finished["q"]) == [
+        0.2, 0.3, 0.4, 0.6, 0.8, 0.95,
+    ]  # fmt: skip
+    assert [n.depth for n in r.nodes] == [0] * 4 + [1] * 4 + [2] * 2
+    kept = sorted((n.depth, n.score) for n in r.nodes if n.kept)
+    assert kept == [(0, 0.5), (0, 0.9), (1, 0.7), (2, 0.95)]
+    parents = {n.node: n.parent for n in r.nodes}
+    chosen = r.chosen["q"].sample_index
+    assert parents[chosen] is not None and parents[parents[chosen]] is not None
+    assert r.tokens["q"] == sum(n.tokens for n in r.nodes) and r.verifier_tokens["q"] == 10
+    with pytest.raises(ValueError, match="width and expansion"):
+        beam_search(_loop(tok), [ex], LastTurnScore(), width=0, expand=2)
+
+
+def test_beam_method_through_the_run_writes_the_tree_and_compares_with_the_samples(tiny, tmp_path):
+    _, tok = tiny
+    cfg = _config(tmp_path, method="beam", verifier="confidence", budgets=[2, 4])
+    m = run_test_time(cfg, engine=_scripted_engine(tok))
+    # The scripted engine keeps counting per question: the 4 samples take answers 0-3,
+    # budget 2 gets answers 0, 1 and budget 4 answers 2, 3, 0, 1 (SCRIPT). Every turn
+    # ends the episode and the fake engine's logprobs are all -1, so confidence ties and
+    # the first fork wins: answer 0 at budget 2 (q1, q2 right), answer 2 at budget 4 (q0,
+    # q2, q3 right).
+    curve = {r["k"]: r for r in m["curve"]}
+    assert curve[2]["accuracy"] == 0.5 and curve[4]["accuracy"] == 0.75
+    assert curve[4]["sample_accuracy"] == 0.5625 and curve[4]["pass_at_k"] == 1.0
+    out = tmp_path / "tt"
+    tree = [json.loads(line) for line in (out / "tree.jsonl").read_text().splitlines()]
+    assert sorted({(n["k"], n["example_id"]) for n in tree}) == sorted(
+        (k, q) for k in (2, 4) for q in SCRIPT
+    )
+    assert len(tree) == 4 * (2 + 4) and all(n["depth"] == 0 and n["done"] for n in tree)
+    for k in (2, 4):
+        tokens = sum(n["tokens"] for n in tree if n["k"] == k) / 4
+        assert curve[k]["model_tokens_per_question"] == tokens
+    beam = read_jsonl(out / "beam.jsonl")
+    assert len(beam) == 24 and sum(t.metadata["test_time"]["chosen"] for t in beam) == 8
+    assert all("correct" in t.metadata for t in beam)
+    assert len(read_jsonl(out / "chosen.jsonl")) == 4
+    with pytest.raises(ValueError, match="not multiples of beam_expand=2"):
+        TTConfig(method="beam", budgets=[1, 2])

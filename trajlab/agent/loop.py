@@ -34,6 +34,10 @@ episodes join as slots free up (trajlab/engines/stream.py). The trajectories hol
 same segments either way; greedy outputs are the same (tested), sampled ones are seeded
 per (episode, turn).
 
+Step by step: `start`, `advance` (one turn of every episode), `fork` (copy a partial
+episode) and `finish` are what `run` is made of; test-time search (trajlab/test_time)
+drives them itself to expand and prune partial trajectories.
+
 What this loop does not do: score trajectories (see rewards/) or batch across calls of
 `run`.
 """
@@ -186,6 +190,56 @@ class AgentLoop:
         for e in episodes:
             self._finish(e)
         log.debug("rolled out %d trajectories in %.1fs", len(episodes), time.perf_counter() - t0)
+        return [e.traj for e in episodes]
+
+    # -- step by step (test-time search) ----------------------------------------
+    # run() is start, advance until every episode is done, finish. Search over turns
+    # calls them itself: it advances partial episodes one turn, forks the promising ones
+    # and drops the rest; every fork stays a token-exact ledger entry.
+
+    def start(
+        self, jobs: Sequence[tuple[Example, int]], group_ids: Sequence[str] | None = None
+    ) -> list[_Episode]:
+        """Episodes for the jobs, each holding only its prompt."""
+        return [self._start(ex, i, group_ids[k] if group_ids else ex.id) for k, (ex, i) in
+                enumerate(jobs)]  # fmt: skip
+
+    def advance(self, episodes: Sequence[_Episode]) -> None:
+        """One turn of every episode not yet done: their generations together, then their
+        tool calls, whose observations are appended. An episode may end on the way."""
+        waiting = [e for e in episodes if not e.done and e.pending is None]
+        if not waiting:
+            return
+        self._generate(waiting)
+        calling = [e for e in waiting if not e.done and e.pending is not None]
+        if calling:
+            with ThreadPoolExecutor(max_workers=max(1, self.config.tool_threads)) as pool:
+                self._act(calling, pool)
+
+    def fork(self, e: _Episode, sample_index: int) -> _Episode:
+        """An independent copy of a partial episode, to be continued differently. Segments
+        are shared as they are (never modified after they are appended); counters, the
+        context and the call list are copied."""
+        if e.sessions:
+            raise ValueError("an episode with stateful tool sessions cannot be forked")
+        if e.pending is not None:
+            raise ValueError("an episode with a call in flight cannot be forked")
+        t = e.traj
+        traj = Trajectory(
+            example_id=t.example_id, group_id=t.group_id, sample_index=sample_index,
+            segments=list(t.segments), tool_calls=list(t.tool_calls),
+            stop_reason=t.stop_reason, metadata=dict(t.metadata),
+        )  # fmt: skip
+        return _Episode(
+            example=e.example, traj=traj, ids=list(e.ids), prompt_len=e.prompt_len,
+            turns=e.turns, calls=e.calls, calls_by_tool=defaultdict(int, e.calls_by_tool),
+            void_turns=e.void_turns, done=e.done,
+        )  # fmt: skip
+
+    def finish(self, episodes: Sequence[_Episode]) -> list[Trajectory]:
+        """The trajectories of episodes (done or not), with their metadata filled in."""
+        for e in episodes:
+            self._finish(e)
         return [e.traj for e in episodes]
 
     def _run_turns(self, episodes: list[_Episode], pool: ThreadPoolExecutor) -> None:

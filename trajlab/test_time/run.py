@@ -48,7 +48,7 @@ from trajlab.types import Example, Trajectory, iter_jsonl, write_jsonl
 # Keys that may change on a run that already has results: how to select, not what to sample.
 _RESUMABLE = {
     "out", "batch_size", "progress", "threads", "method", "verifier", "budgets",
-    "judge_model", "judge_batch_size", "judge_dtype",
+    "judge_model", "judge_batch_size", "judge_dtype", "beam_expand",
 }  # fmt: skip
 
 
@@ -57,8 +57,9 @@ class TestTimeConfig(EvalConfig):
     method: str = opt(
         "vote",
         "vote: the most common answer; weighted_vote: answers weighted by the verifier's "
-        "scores; best_of_n: the sample the verifier scores highest",
-        choices=RULES,
+        "scores; best_of_n: the sample the verifier scores highest; beam: beam search over "
+        "turns, budget/beam_expand partial trajectories kept per depth, ranked by the verifier",
+        choices=(*RULES, "beam"),
     )
     verifier: str = opt(
         "",
@@ -75,6 +76,10 @@ class TestTimeConfig(EvalConfig):
         "an earlier `trajlab eval -n N` run directory whose trajectories are used instead "
         "of sampling (its task and model settings apply)",
     )
+    beam_expand: int = opt(
+        2, "beam: continuations sampled per kept partial trajectory (each budget k is a "
+        "multiple of it: k / beam_expand trajectories are kept per depth)"
+    )  # fmt: skip
     judge_model: str = opt("", "model of the judge verifier (empty: the evaluated model)")
     judge_batch_size: int = opt(8, "gradings the judge reads together")
     judge_dtype: str = opt(
@@ -95,6 +100,15 @@ class TestTimeConfig(EvalConfig):
                 f"n={self.n} samples cannot serve the budget {self.budgets[-1]}; "
                 f"raise n or drop the budget"
             )
+        if self.method == "beam":
+            if self.beam_expand < 1:
+                raise ValueError(f"beam_expand must be >= 1, got {self.beam_expand}")
+            bad = [k for k in self.budgets if k % self.beam_expand]
+            if bad:
+                raise ValueError(
+                    f"method beam: budgets {bad} are not multiples of beam_expand="
+                    f"{self.beam_expand} (a budget k keeps k / beam_expand per depth)"
+                )
         if not self.verifier:
             self.verifier = "none" if self.method == "vote" else "confidence"
         if self.method != "vote" and self.verifier == "none":
@@ -130,8 +144,12 @@ def run_test_time(
 
             evaluate(sample_cfg, engine=engine, argv=argv)
         examples, groups = _read_samples(source, sample_cfg, config.budgets[-1])
-        verdicts = _verdicts(config, sample_cfg, examples, groups, out, engine)
-        metrics = select_and_measure(config, sample_cfg, examples, groups, verdicts, out)
+        if config.method == "beam":
+            beam = _run_beam(config, sample_cfg, examples, out, engine)
+            metrics = select_and_measure(config, sample_cfg, examples, groups, {}, out, beam)
+        else:
+            verdicts = _verdicts(config, sample_cfg, examples, groups, out, engine)
+            metrics = select_and_measure(config, sample_cfg, examples, groups, verdicts, out)
         metrics["wall_time_s"] = time.perf_counter() - t0
         metrics["samples_run"] = str(source)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -142,6 +160,62 @@ def run_test_time(
     update_run_json(out, status="done")
     metrics["run_dir"] = str(out)
     return metrics
+
+
+def _run_beam(
+    config: TestTimeConfig,
+    sample_cfg: EvalConfig,
+    examples: dict[str, Example],
+    out: Path,
+    engine: Any,
+) -> dict[int, Any]:
+    """Beam search at every budget over the sampled questions, with the samples' agent,
+    tools and sampling; writes beam.jsonl (every finished trajectory) and tree.jsonl
+    (every expanded node), each row tagged with its budget."""
+    from dataclasses import replace
+
+    from trajlab.build import build_scorer, resolve_decode_dtype
+    from trajlab.eval.harness import _build_loop
+    from trajlab.test_time.beam import beam_search
+    from trajlab.test_time.verifiers import make_verifier
+
+    cfg = replace(sample_cfg, batch_size=max(sample_cfg.batch_size, config.batch_size))
+    loop, tools = _build_loop(cfg, engine, None)
+    scorer = build_scorer(sample_cfg.reward_spec(), correct=sample_cfg.correct)
+    model = getattr(loop.engine, "model", None)
+    judge_model = config.judge_model or sample_cfg.model
+    own = config.verifier == "judge" and judge_model == sample_cfg.model and model is not None
+    verifier = make_verifier(
+        config.verifier, judge_model, resolve_decode_dtype(config.judge_dtype) or "float32",
+        model if own else None, loop.engine.tokenizer if own else None, config.judge_batch_size,
+    )  # fmt: skip
+    for name in ("beam.jsonl", "tree.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    results = {}
+    try:
+        for k in config.budgets:
+            width = k // config.beam_expand
+            print(
+                f"beam search, budget {k}: {width} kept x {config.beam_expand} per depth, "
+                f"{len(examples)} questions",
+                file=sys.stderr,
+            )
+            loop.sampling = replace(sample_cfg.sampling(), seed=sample_cfg.seed * 1_000_003 + k)
+            r = beam_search(loop, list(examples.values()), verifier, width, config.beam_expand)
+            for ex_id, trajs in r.finished.items():
+                for t in trajs:
+                    scorer(examples[ex_id], t)
+                    t.metadata["test_time"].update(k=k, chosen=t is r.chosen.get(ex_id))
+            write_jsonl(out / "beam.jsonl", [t for ts in r.finished.values() for t in ts],
+                        append=True)  # fmt: skip
+            with (out / "tree.jsonl").open("a") as f:
+                for n in r.nodes:
+                    f.write(json.dumps({"k": k, **n.to_dict()}) + "\n")
+            results[k] = r
+    finally:
+        for t in tools.values():
+            t.close()
+    return results
 
 
 def _samples_config(run: Path, config: TestTimeConfig) -> EvalConfig:
@@ -258,9 +332,11 @@ def select_and_measure(
     groups: dict[str, list[Trajectory]],
     verdicts: dict[tuple[str, int], Any],
     out: Path,
+    beam: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """Pick per question and budget, write trajectories.jsonl and chosen.jsonl, and return
-    the curve (see the module docstring)."""
+    the curve (see the module docstring). With `beam` (budget -> BeamResult) the picks are
+    the beam's, and the samples serve as plain sampling and pass@k only."""
     from trajlab.build import build_scorer
     from trajlab.eval.compare import bootstrap_ci
     from trajlab.test_time.answers import answer_equality, answer_kind, cluster_answers
@@ -281,12 +357,21 @@ def select_and_measure(
         for t, s, c in zip(ts, scores, clusters):
             t.metadata["test_time"] = {"score": s, "cluster": c, "chosen_at": []}
         for k in config.budgets:
-            pick = choose(config.method, clusters[:k], scores[:k])
             right = [float(bool(t.metadata.get("correct"))) for t in ts[:k]]
             r = rows[k]
-            r["method"].append(right[pick] if pick is not None else 0.0)
             r["sample"].append(sum(right) / k)
             r["oracle"].append(max(right))
+            if beam is not None:
+                found = beam[k].chosen.get(ex_id)
+                r["method"].append(float(bool(found and found.metadata.get("correct"))))
+                r["answered"].append(float(found is not None and found.prediction is not None))
+                r["tokens"].append(float(beam[k].tokens[ex_id]))
+                r["verifier_tokens"].append(float(beam[k].verifier_tokens[ex_id]))
+                if found is not None and k == config.budgets[-1]:
+                    chosen.append(found)
+                continue
+            pick = choose(config.method, clusters[:k], scores[:k])
+            r["method"].append(right[pick] if pick is not None else 0.0)
             r["answered"].append(float(pick is not None))
             r["tokens"].append(float(sum(t.num_model_tokens for t in ts[:k])))
             r["verifier_tokens"].append(float(sum(_cost(verdicts, ex_id, t) for t in ts[:k])))
