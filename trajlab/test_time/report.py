@@ -63,16 +63,8 @@ def write_curve_plot(path: Path, m: dict[str, Any]) -> None:
     for xi, r in zip(x, curve):
         ax.annotate(f"k={r['k']}", (xi, r["accuracy"]), fontsize=7, xytext=(3, -10),
                     textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tokens per question (sampled + verifier)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     ax.set_title(f"{m['model']} on {m['task']}: {m['method']} ({m['verifier']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, ax, path, "accuracy")
 
 
 def plot_runs(runs: list[Path], path: Path) -> Path:
@@ -110,16 +102,23 @@ def plot_runs(runs: list[Path], path: Path) -> Path:
         ax.plot(x, [sum(y) / len(y) for y in ys], style, marker="o", markersize=3, label=label)
         if len(curves) > 1:
             ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15)
+    _save(fig, ax, path, "accuracy (mean over runs, band: min-max)")
+    return path
+
+
+def _save(fig: Any, ax: Any, path: Path, ylabel: str) -> None:
+    """The axes every compute-accuracy plot shares, then the file."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per question (sampled + verifier)")
-    ax.set_ylabel("accuracy (mean over runs, band: min-max)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
