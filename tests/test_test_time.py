@@ -548,3 +548,19 @@ def test_beam_method_through_the_run_writes_the_tree_and_compares_with_the_sampl
     assert len(read_jsonl(out / "chosen.jsonl")) == 4
     with pytest.raises(ValueError, match="not multiples of beam_expand=2"):
         TTConfig(method="beam", budgets=[1, 2])
+
+
+def test_one_plot_over_several_runs(tiny, tmp_path, capsys):
+    from trajlab.test_time import report
+
+    _, tok = tiny
+    run_test_time(_config(tmp_path), engine=_scripted_engine(tok))
+    samples = str(tmp_path / "tt" / "samples")
+    run_test_time(TTConfig(samples=samples, method="best_of_n", budgets=[1, 2, 4],
+                           out=str(tmp_path / "bon")))  # fmt: skip
+    png = tmp_path / "all.png"
+    assert report.main([str(tmp_path / "tt"), str(tmp_path / "bon"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path), "--out", str(png)])  # not a test-time run
+    assert "no metrics.json" in capsys.readouterr().err
