@@ -89,6 +89,7 @@ class Trace:
         self.marks: dict[str, dict] = {}
         self.trims: list[float] = []  # seconds of each heap trim
         self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> dict:
@@ -98,12 +99,24 @@ class Trace:
             s.update(in_use=m.uordblks, free=m.fordblks, mmapped=m.hblkhd)
         return s
 
-    def _run(self) -> None:
-        while not self.stop:
+    def _record(self) -> None:
+        with self.lock:
             s = self.sample()
             if s["pss"] > self.peaks.get(self.phase, {"pss": -1})["pss"]:
                 self.peaks[self.phase] = s
+
+    def _run(self) -> None:
+        while not self.stop:
+            self._record()
             time.sleep(self.interval)
+
+    def enter(self, phase: str) -> None:
+        """Close the current phase and open the next with a sample each, so a phase shorter
+        than the sampling interval still has a peak."""
+        self._record()
+        with self.lock:
+            self.phase = phase
+        self._record()
 
     def mark(self, name: str) -> None:
         gc.collect()
@@ -116,15 +129,15 @@ def install(trace: Trace, adamw8bit: bool) -> None:
 
     def traced_collect(run, step, timings):
         trace.mark(f"{step} start")
-        trace.phase = f"{step} rollout"
+        trace.enter(f"{step} rollout")
         out = collect(run, step, timings)
-        trace.phase = f"{step} logprobs"
+        trace.enter(f"{step} logprobs")
         return out
 
     def traced_update(run, step, rows, advantages):
-        trace.phase = f"{step} update"
+        trace.enter(f"{step} update")
         out = update(run, step, rows, advantages)
-        trace.phase = f"{step} log"
+        trace.enter(f"{step} log")
         return out
 
     rl.collect_batch, rl.update_policy = traced_collect, traced_update
