@@ -82,7 +82,8 @@ def plot_runs(runs: list[Path], path: Path) -> Path:
     lines: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
     for run in runs:
         m = json.loads((Path(run) / "metrics.json").read_text())
-        label = m["method"] + ("" if m["verifier"] == "none" else f" ({m['verifier']})")
+        verifier = "orm" if m["verifier"].startswith("orm:") else m["verifier"]  # no paths
+        label = m["method"] + ("" if verifier == "none" else f" ({verifier})")
         x = [r["model_tokens_per_question"] + r["verifier_tokens_per_question"] for r in m["curve"]]
         lines[label].append(list(zip(x, (r["accuracy"] for r in m["curve"]))))
         if m["verifier"] == "none":  # one copy of the baselines per set of samples

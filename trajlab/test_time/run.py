@@ -63,13 +63,13 @@ class TestTimeConfig(EvalConfig):
     )
     verifier: str = opt(
         "",
-        "scores for weighted_vote and best_of_n: confidence (the policy's mean token "
+        "scores for weighted_vote, best_of_n and beam: confidence (the policy's mean token "
         "probability), judge (a model asked yes or no), orm:DIR (an outcome reward model "
         "trained by `trajlab orm`), reward:NAME (a reward; one that reads the reference "
         "answer makes best_of_n the oracle pass@N); empty: none for vote, confidence otherwise",
     )
     budgets: list[int] = opt(
-        [1, 2, 4, 8], "samples per question the strategy may use; n defaults to the largest"
+        [1, 2, 4, 8], "samples per question the strategy may use; n is set to the largest"
     )
     samples: str = opt(
         "",
