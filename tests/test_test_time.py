@@ -564,3 +564,148 @@ def test_one_plot_over_several_runs(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path), "--out", str(png)])  # not a test-time run
     assert "no metrics.json" in capsys.readouterr().err
+
+
+# -- a process reward model from Monte-Carlo labels -------------------------------------
+
+
+def _mc_engine(tok):
+    """Turn 1 runs print(1) or print(2) (alternating); after print(1) the next turn is
+    right and wrong in turn, after print(2) always wrong; a direct answer is wrong."""
+    import re
+
+    calls: dict[str, int] = defaultdict(int)
+
+    def respond(prompt: str) -> str:
+        outs = re.findall(r"```output\n(.*?)\n", prompt)
+        key = outs[-1] if outs else "prompt"
+        i = calls[key]
+        calls[key] += 1
+        if key == "prompt":
+            return [_code(1), _code(2), "So \\boxed{5}."][i % 3]
+        if "1" in key:
+            return ["So \\boxed{9}.", "So \\boxed{1}."][i % 2]
+        return "So \\boxed{2}."
+
+    return FakeEngine(tok, respond)
+
+
+def _mc_samples(tok, tmp_path):
+    from trajlab.eval.harness import EvalConfig, evaluate
+
+    task = tmp_path / "mc.jsonl"
+    task.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}: what is "
+                                        "it?", "answer": "9"}) + "\n" for i in range(4)))  # fmt: skip
+    cfg = EvalConfig(
+        model="fake", task=str(task), n=3, batch_size=12, progress=False, temperature=1.0,
+        prompt="question", agent=AgentConfig(protocol="code", tools=["python"], max_turns=3),
+        tool_plugins={"python": "trajlab.tools.fake:echo_python"}, out=str(tmp_path / "s"),
+    )  # fmt: skip
+    evaluate(cfg, engine=_mc_engine(tok))
+    return tmp_path / "s"
+
+
+def test_a_stored_prefix_resumes_where_its_turn_starts(tiny, tmp_path):
+    from trajlab.eval.harness import EvalConfig, _build_loop
+    from trajlab.test_time.prm import step_cuts
+
+    _, tok = tiny
+    run = _mc_samples(tok, tmp_path)
+    cfg = EvalConfig(**{**json.loads((run / "config.json").read_text()), "agent": AgentConfig(
+        protocol="code", tools=["python"], max_turns=3)})  # fmt: skip
+    loop, _ = _build_loop(cfg, _mc_engine(tok), None)
+    t = next(t for t in read_jsonl(run / "trajectories.jsonl") if t.tool_calls)
+    ex = Example(t.example_id, f"Question {t.example_id[1:]}: what is it?", "9")
+    (cut,) = step_cuts(t)
+    e = loop.resume(ex, t, cut, sample_index=7)
+    assert e.ids == [i for s in t.segments[:cut] for i in s.token_ids]
+    assert (e.turns, e.calls, dict(e.calls_by_tool)) == (1, 1, {"python": 1}) and not e.done
+    loop.advance([e])
+    (r,) = loop.finish([e])
+    assert r.segments[:cut] == t.segments[:cut] and r.sample_index == 7
+    assert r.token_ids[: len(r.loss_mask)] == r.token_ids and r.stop_reason == "answer"
+    with pytest.raises(ValueError, match="not where a turn starts"):
+        loop.resume(ex, t, cut - 1, 0)
+    with pytest.raises(ValueError, match="another prompt"):
+        loop.resume(Example(ex.id, "Another question?", "9"), t, cut, 0)
+
+
+def test_prm_labels_prefixes_by_monte_carlo_resumes_and_the_verifier_reads_it(tiny, tmp_path):
+    import argparse
+
+    from trajlab.test_time import prm
+
+    _, tok = tiny
+    run = _mc_samples(tok, tmp_path)
+    trajs = read_jsonl(run / "trajectories.jsonl")
+    # 12 samples: first turns cycle print(1), print(2), boxed{5} over the questions
+    assert sum(len(prm.step_cuts(t)) for t in trajs) == 8
+    model_dir = make_tiny_model(tmp_path / "base")
+    out = tmp_path / "prm"
+    p = argparse.ArgumentParser()
+    prm.configure(p)
+    args = p.parse_args(["--samples", str(run), "--out", str(out), "--rollouts", "2",
+                         "--model", str(model_dir), "--dtype", "float32", "--folds", "2",
+                         "--batch-size", "4"])  # fmt: skip
+    assert prm.main(args, engine=_mc_engine(tok)) == 0
+    rows = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    by_sample = {(t.example_id, t.sample_index): t for t in trajs}
+    for r in rows:
+        ran = by_sample[(r["example_id"], r["sample_index"])].tool_calls[0].args["code"]
+        # after print(1) one continuation of two is right, after print(2) none
+        assert r["label"] == (0.5 if "1" in ran else 0.0) and r["turn"] == 1
+    rollouts = read_jsonl(out / "rollouts.jsonl")
+    assert len(rollouts) == 16 and all("correct" in t.metadata for t in rollouts)
+    spec = json.loads((out / "prm.json").read_text())
+    assert spec["kind"] == "prm" and spec["train"]["prefixes"] == 8
+    assert spec["train"]["trajectories"] == 12 and spec["train"]["mean_prefix_label"] == 0.25
+    assert {"cv_cross_entropy", "constant_cross_entropy"} <= set(spec["train"])
+    with pytest.raises(ConfigError, match="exists"):
+        prm.main(args, engine=_mc_engine(tok))
+
+    # interrupted: the last label line cut short; a rerun labels only that prefix again
+    (out / "prm.json").unlink()
+    text = (out / "labels.jsonl").read_text()
+    (out / "labels.jsonl").write_text(text[: len(text) - 20])
+    calls = []
+
+    def counted(tok_):
+        eng = _mc_engine(tok_)
+        inner = eng.generate
+
+        def generate(prompts, *a, **kw):
+            calls.append(len(prompts))
+            return inner(prompts, *a, **kw)
+
+        eng.generate = generate
+        return eng
+
+    assert prm.main(args, engine=counted(tok)) == 0
+    assert sum(calls) == 2  # one prefix x 2 continuations
+    assert len((out / "labels.jsonl").read_text().splitlines()) == 8
+    assert len(read_jsonl(out / "rollouts.jsonl")) == 16
+
+    v = make_verifier(f"prm:{out}")
+    scores = [x.score for x in v.score([(Example(t.example_id, "", "9"), t) for t in trajs])]
+    assert v.name == f"prm:{out}" and all(0.0 < s < 1.0 for s in scores)
+    with pytest.raises(ConfigError, match="no prm.json"):
+        make_verifier(f"prm:{tmp_path / 'nothing'}")
+
+
+def test_the_value_probe_fits_soft_labels():
+    import numpy as np
+
+    from trajlab.test_time.prm import train_value_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 1))
+    y = 1.0 / (1.0 + np.exp(-2.0 * x[:, 0]))  # soft labels: the generating probability
+    groups = [f"q{i // 4}" for i in range(400)]
+    probe, stats = train_value_probe(x, y, groups, [False] * 400, folds=4)
+    # a logistic fit to its own probabilities recovers the slope, in standardised units
+    assert probe["coef"][0] / probe["scale"][0] == pytest.approx(2.0, rel=0.1)
+    assert stats["cv_cross_entropy"] < stats["constant_cross_entropy"]
+    assert stats["cv_prefix_correlation"] > 0.95
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        train_value_probe(x, np.full(400, 0.5), groups, [False] * 400)

@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trajlab.test_time.orm",
         "train an outcome reward model (a probe on a model's hidden state) from scored samples",
     ),
+    "prm": (
+        "trajlab.test_time.prm",
+        "train a process reward model (a value probe) on Monte-Carlo labels of turn prefixes",
+    ),
     "seeds": (
         "trajlab.eval.seeds",
         "several seeds of one recipe: held-out mean and min-max at every evaluation, curves",

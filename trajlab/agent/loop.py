@@ -236,6 +236,32 @@ class AgentLoop:
             void_turns=e.void_turns, done=e.done,
         )  # fmt: skip
 
+    def resume(self, example: Example, traj: Trajectory, cut: int, sample_index: int) -> _Episode:
+        """A partial episode holding the first `cut` segments of a stored trajectory, to be
+        continued as if this loop had sampled them. segments[cut] must be a model turn (so
+        the cut falls after the prompt or after an observation), and the stored prompt must be the one
+        this loop renders for `example` with its tokenizer."""
+        if self.config.stateful:
+            raise ValueError("a stored trajectory cannot be resumed with stateful tool sessions")
+        if not 0 < cut < len(traj.segments) or traj.segments[cut].source != "model":
+            raise ValueError(f"cut {cut} of {traj.example_id!r} is not where a turn starts")
+        segs = traj.segments[:cut]
+        ep = self._start(example, sample_index, traj.group_id)
+        if segs[0].token_ids != ep.traj.segments[0].token_ids:
+            raise ValueError(
+                f"trajectory {traj.example_id!r} was sampled from another prompt (other prompt "
+                "template, protocol or tokenizer) than this loop renders"
+            )
+        turns = sum(s.source == "model" for s in segs)
+        calls = [c for c in traj.tool_calls if c.turn <= turns and c.status != "limit"]
+        ep.traj.segments = list(segs)
+        ep.traj.tool_calls = list(calls)
+        ep.ids = [i for s in segs for i in s.token_ids]
+        ep.turns, ep.calls = turns, len(calls)
+        for c in calls:
+            ep.calls_by_tool[c.tool] += 1
+        return ep
+
     def finish(self, episodes: Sequence[_Episode]) -> list[Trajectory]:
         """The trajectories of episodes (done or not), with their metadata filled in."""
         for e in episodes:

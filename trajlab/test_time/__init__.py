@@ -11,10 +11,14 @@ trainable like any rollout. Modules:
 - select.py     the selection rules: majority vote, weighted vote, best-of-N
 - verifiers.py  scores for the rules: a reward function, the policy's own confidence,
                 a generative judge whose grading trajectories are stored
+- orm.py        `trajlab orm`: an outcome reward model (a probe on the frozen model's
+                hidden state) trained from scored samples, the `orm:DIR` verifier
+- beam.py       verifier-guided beam search over turns (the `beam` method)
 - run.py        `trajlab test-time`: samples through the evaluation harness, scores,
                 selects at every budget and writes a run directory with the
                 compute-accuracy curve (docs/search_methods.md)
 
-Not here (yet): step-level search (PRM beam search, MCTS), DOTS, PlanGEN, Retro-Search.
+Not here (yet): a process reward model, steps smaller than a turn, MCTS, DOTS, PlanGEN,
+Retro-Search.
 This package is not the `search` tool (trajlab.tools.search), which retrieves passages.
 """

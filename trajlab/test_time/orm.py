@@ -93,30 +93,35 @@ def train_orm(
         cv=cv,
         scoring="roc_auc",
     ).fit(x, y)
-    clf, auc = search.best_estimator_, float(search.best_score_)
-    probe = {
+    return probe_dict(scaler, search.best_estimator_), float(search.best_score_)
+
+
+def probe_dict(scaler: Any, clf: Any) -> dict[str, Any]:
+    """A fitted standardisation and logistic regression as JSON: what the verifier reads."""
+    return {
         "coef": clf.coef_[0].tolist(),
         "intercept": float(clf.intercept_[0]),
         "mean": scaler.mean_.tolist(),
         "scale": scaler.scale_.tolist(),
         "C": float(clf.C),
     }
-    return probe, auc
 
 
 @dataclass
 class ORMVerifier:
-    """P(correct) from a probe trained by `trajlab orm` (orm.json in `path`)."""
+    """P(correct) from a probe trained by `trajlab orm` (orm.json in `path`), or with
+    kind 'prm' the value estimate of one trained by `trajlab prm` (prm.json)."""
 
     path: str
     model: Any = None
     batch_size: int = 8
     name: str = ""
+    kind: str = "orm"
     spec: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.spec = read_orm(self.path)
-        self.name = self.name or f"orm:{self.path}"
+        self.spec = read_probe(self.path, self.kind)
+        self.name = self.name or f"{self.kind}:{self.path}"
         if self.model is None:
             from trajlab.build import load_policy
 
@@ -138,12 +143,13 @@ class ORMVerifier:
         ]
 
 
-def read_orm(path: str | Path) -> dict[str, Any]:
-    f = Path(path) / "orm.json" if Path(path).is_dir() else Path(path)
+def read_probe(path: str | Path, kind: str = "orm") -> dict[str, Any]:
+    """The probe `trajlab orm` (kind orm) or `trajlab prm` (kind prm) wrote into `path`."""
+    f = Path(path) / f"{kind}.json" if Path(path).is_dir() else Path(path)
     if not f.is_file():
         raise ConfigError(
-            f"verifier orm: {path} has no orm.json; train one with "
-            "`trajlab orm --samples RUN --out DIR` and pass orm:DIR"
+            f"verifier {kind}: {path} has no {kind}.json; train one with "
+            f"`trajlab {kind} --samples RUN --out DIR` and pass {kind}:DIR"
         )
     return json.loads(f.read_text())
 

@@ -22,11 +22,13 @@ question and picks one (select.py). The run directory OUT holds:
     judge.jsonl                the judge's gradings (verifier judge), reused when the run
                                is repeated with the same judge
     summary.md, curve.png      the table and the plot
+    beam.jsonl, tree.jsonl     method beam only: every finished trajectory of the search
+                               and every expanded node, each tagged with its budget
 
 Plain sampling at budget k is what k samples buy without a selector: one of them at
 random, so its accuracy is their mean accuracy, with k times the tokens of one.
 
-What it does not do: search inside a trajectory (step-level beam search, MCTS).
+What it does not do: split a turn into smaller steps, or MCTS.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class TestTimeConfig(EvalConfig):
         "",
         "scores for weighted_vote, best_of_n and beam: confidence (the policy's mean token "
         "probability), judge (a model asked yes or no), orm:DIR (an outcome reward model "
-        "trained by `trajlab orm`), reward:NAME (a reward; one that reads the reference "
+        "trained by `trajlab orm`), prm:DIR (a process reward model trained by `trajlab prm`, "
+        "a value estimate of partial trajectories), reward:NAME (a reward; one that reads the reference "
         "answer makes best_of_n the oracle pass@N); empty: none for vote, confidence otherwise",
     )
     budgets: list[int] = opt(

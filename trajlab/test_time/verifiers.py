@@ -23,8 +23,10 @@ compute-accuracy curve can count them.
 - `orm:DIR`: an outcome reward model trained by `trajlab orm` (orm.py): a probe on the
   frozen model's hidden state that gives P(correct) without the reference answer.
 
-What it does not do: train a verifier (orm.py does); a process reward model, which
-scores partial trajectories, is not here yet.
+- `prm:DIR`: a process reward model trained by `trajlab prm` (prm.py) on Monte-Carlo
+  labels of partial trajectories: a value estimate of a prefix or a finished trajectory.
+
+What it does not do: train a verifier (orm.py and prm.py do).
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def _logsumexp(xs: list[float]) -> float:
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-VERIFIERS = ("none", "confidence", "judge", "reward:NAME", "orm:DIR")
+VERIFIERS = ("none", "confidence", "judge", "reward:NAME", "orm:DIR", "prm:DIR")
 
 
 def make_verifier(
@@ -222,10 +224,11 @@ def make_verifier(
         return ConfidenceVerifier()
     if spec.startswith("reward:"):
         return RewardVerifier(spec.removeprefix("reward:"))
-    if spec.startswith("orm:"):
+    if spec.startswith(("orm:", "prm:")):
         from trajlab.test_time.orm import ORMVerifier
 
-        return ORMVerifier(spec.removeprefix("orm:"), batch_size=batch_size)
+        kind, path = spec.split(":", 1)
+        return ORMVerifier(path, batch_size=batch_size, kind=kind)
     if spec == "judge":
         if model is None:
             from trajlab.build import load_policy
