@@ -164,14 +164,19 @@ def configure(p: argparse.ArgumentParser) -> None:
         "metadata.correct is the label",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="directory to write orm.json into")
+    p.add_argument("--batch-size", type=int, default=8, help="trajectories per forward pass")
+    add_probe_args(p, "seed of the solver")
+
+
+def add_probe_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The flags `trajlab orm` and `trajlab prm` share: the feature model and the fit."""
     p.add_argument("--model", default="", help="base model of the features (default: the run's)")
     p.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
         help="dtype of the feature pass; auto: bfloat16 on CPUs with native bf16 matmul",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8, help="trajectories per forward pass")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (by question)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the solver")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -174,6 +174,8 @@ def train_value_probe(
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from trajlab.test_time.orm import add_probe_args
+
     p.add_argument(
         "--samples", required=True,
         help="a `trajlab eval -n N` run directory on training questions; its agent, tools, "
@@ -182,17 +184,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="directory of labels.jsonl, rollouts.jsonl, prm.json"
     )
-    p.add_argument("--model", default="", help="base model of the features (default: the run's)")
     p.add_argument(
         "--rollouts", type=int, default=4, help="continuations per prefix (its label's denominator)"
     )
-    p.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-        help="dtype of the feature pass; auto: bfloat16 on CPUs with native bf16 matmul",
-    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="episodes rolled out together")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (by question)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the continuations and the solver")
+    add_probe_args(p, "seed of the continuations and the solver")
 
 
 def main(args: argparse.Namespace, engine: Any = None) -> int:
