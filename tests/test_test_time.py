@@ -501,7 +501,9 @@ def test_beam_search_keeps_the_top_width_by_the_verifier_and_returns_the_best_fi
 
     _, tok = tiny
     ex = Example("q", "What is it?", "9")
-    r = beam_search(_loop(tok), [ex], LastTurnScore(), width=2, expand=2)
+    depths = []
+    r = beam_search(_loop(tok), [ex], LastTurnScore(), width=2, expand=2,
+                    on_depth=lambda *d: depths.append(d))  # fmt: skip
     # depth 0: 4 first turns; code(2) 0.9 and code(3) 0.5 stay, boxed{5} ends (0.3).
     # depth 1: boxed{2} 0.4, boxed{4} 0.8, boxed{3} 0.6 end; code(9) 0.7 stays alone.
     # depth 2: boxed{9} 0.95, boxed{8} 0.2. The best finished is boxed{9}.
@@ -511,6 +513,7 @@ def test_beam_search_keeps_the_top_width_by_the_verifier_and_returns_the_best_fi
         0.2, 0.3, 0.4, 0.6, 0.8, 0.95,
     ]  # fmt: skip
     assert [n.depth for n in r.nodes] == [0] * 4 + [1] * 4 + [2] * 2
+    assert depths == [(0, 4, 2), (1, 4, 1), (2, 2, 0)]  # (depth, turns sampled, kept)
     kept = sorted((n.depth, n.score) for n in r.nodes if n.kept)
     assert kept == [(0, 0.5), (0, 0.9), (1, 0.7), (2, 0.95)]
     parents = {n.node: n.parent for n in r.nodes}

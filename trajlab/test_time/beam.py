@@ -24,7 +24,7 @@ rollouts from each node (MCTS).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +58,16 @@ class BeamResult:
 
 
 def beam_search(
-    loop: Any, examples: Sequence[Example], verifier: Any, width: int, expand: int
+    loop: Any,
+    examples: Sequence[Example],
+    verifier: Any,
+    width: int,
+    expand: int,
+    on_depth: Callable[[int, int, int], None] | None = None,
 ) -> BeamResult:
     """Beam search of `width` x `expand` turns per depth for every example (see the module
-    docstring); `loop` is an AgentLoop, `verifier` any test_time.verifiers.Verifier."""
+    docstring); `loop` is an AgentLoop, `verifier` any test_time.verifiers.Verifier.
+    `on_depth(depth, turns sampled, partial trajectories kept)` hears of every depth."""
     if width < 1 or expand < 1:
         raise ValueError(f"beam width and expansion must be >= 1, got {width} and {expand}")
     by_id = {ex.id: ex for ex in examples}
@@ -111,6 +117,8 @@ def beam_search(
                 beams.append(
                     (c, c.traj.sample_index, len(c.traj.segments), c.traj.num_model_tokens)
                 )
+        if on_depth is not None:
+            on_depth(depth, len(children), len(beams))
         depth += 1
     for ex_id, eps in result.finished.items():
         trajs = loop.finish(eps)

@@ -204,7 +204,8 @@ def _run_beam(
                 file=sys.stderr,
             )
             loop.sampling = replace(sample_cfg.sampling(), seed=sample_cfg.seed * 1_000_003 + k)
-            r = beam_search(loop, list(examples.values()), verifier, width, config.beam_expand)
+            r = beam_search(loop, list(examples.values()), verifier, width, config.beam_expand,
+                            on_depth=_report_depth)  # fmt: skip
             for ex_id, trajs in r.finished.items():
                 for t in trajs:
                     scorer(examples[ex_id], t)
@@ -219,6 +220,11 @@ def _run_beam(
         for t in tools.values():
             t.close()
     return results
+
+
+def _report_depth(depth: int, sampled: int, kept: int) -> None:
+    print(f"  depth {depth}: {sampled} turns sampled, {kept} partial trajectories kept",
+          file=sys.stderr)  # fmt: skip
 
 
 def _samples_config(run: Path, config: TestTimeConfig) -> EvalConfig:
