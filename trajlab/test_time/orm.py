@@ -168,6 +168,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_probe_args(p, "seed of the solver")
 
 
+def scored_samples(run: Path, target: Path) -> tuple[dict[str, Any], list[Trajectory]]:
+    """The config (as JSON) and scored trajectories of the samples run a probe trains on;
+    refuses to go on when the probe file `target` exists already (never overwritten)."""
+    from trajlab.types import iter_jsonl
+
+    if target.exists():
+        raise ConfigError(f"out: {target} exists; choose another --out or delete it")
+    cfg_path, traj_path = run / "config.json", run / "trajectories.jsonl"
+    if not cfg_path.is_file() or not traj_path.is_file():
+        raise ConfigError(
+            f"samples: {run} is not an evaluation run directory with trajectories; give the "
+            "--out of a finished `trajlab eval -n N` run"
+        )
+    trajs = [t for t in iter_jsonl(traj_path) if "correct" in t.metadata]
+    if not trajs:
+        raise ConfigError(f"samples: {traj_path} has no scored trajectories")
+    return json.loads(cfg_path.read_text()), trajs
+
+
 def add_probe_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     """The flags `trajlab orm` and `trajlab prm` share: the feature model and the fit."""
     p.add_argument("--model", default="", help="base model of the features (default: the run's)")
@@ -181,21 +200,9 @@ def add_probe_args(p: argparse.ArgumentParser, seed_help: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from trajlab.build import load_policy, resolve_decode_dtype
-    from trajlab.types import iter_jsonl
 
     run, out = Path(args.samples), Path(args.out)
-    if (out / "orm.json").exists():
-        raise ConfigError(f"out: {out / 'orm.json'} exists; choose another --out or delete it")
-    cfg_path, traj_path = run / "config.json", run / "trajectories.jsonl"
-    if not cfg_path.is_file() or not traj_path.is_file():
-        raise ConfigError(
-            f"samples: {run} is not an evaluation run directory with trajectories; give the "
-            "--out of a finished `trajlab eval -n N` run"
-        )
-    cfg = json.loads(cfg_path.read_text())
-    trajs = [t for t in iter_jsonl(traj_path) if "correct" in t.metadata]
-    if not trajs:
-        raise ConfigError(f"samples: {traj_path} has no scored trajectories")
+    cfg, trajs = scored_samples(run, out / "orm.json")
     model_spec = args.model or cfg.get("model", "default")
     dtype = resolve_decode_dtype(args.dtype) or "float32"
     model, _ = load_policy(model_spec, dtype)

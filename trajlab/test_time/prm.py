@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trajlab.config import ConfigError
-from trajlab.types import Trajectory, iter_jsonl, write_jsonl
+from trajlab.types import Trajectory, write_jsonl
 
 FEATURE = "last hidden state (after the final norm) at the state's last token"
 
@@ -195,27 +195,17 @@ def main(args: argparse.Namespace, engine: Any = None) -> int:
     from trajlab.build import build_scorer, load_policy, resolve_decode_dtype
     from trajlab.config import from_dict
     from trajlab.eval.harness import EvalConfig, _build_loop, load_examples
-    from trajlab.test_time.orm import last_token_states
+    from trajlab.test_time.orm import last_token_states, scored_samples
 
     run, out = Path(args.samples), Path(args.out)
     if args.rollouts < 1:
         raise ConfigError(f"rollouts must be >= 1, got {args.rollouts}")
-    if (out / "prm.json").exists():
-        raise ConfigError(f"out: {out / 'prm.json'} exists; choose another --out or delete it")
-    cfg_path, traj_path = run / "config.json", run / "trajectories.jsonl"
-    if not cfg_path.is_file() or not traj_path.is_file():
-        raise ConfigError(
-            f"samples: {run} is not an evaluation run directory with trajectories; give the "
-            "--out of a finished `trajlab eval -n N` run"
-        )
-    cfg = from_dict(EvalConfig, json.loads(cfg_path.read_text()))
+    raw, trajs = scored_samples(run, out / "prm.json")
+    cfg = from_dict(EvalConfig, raw)
     if cfg.agent.stateful:
         raise ConfigError(
             "samples: a run with stateful tool sessions cannot be resumed from a prefix"
         )
-    trajs = [t for t in iter_jsonl(traj_path) if "correct" in t.metadata]
-    if not trajs:
-        raise ConfigError(f"samples: {traj_path} has no scored trajectories")
     examples = {ex.id: ex for ex in load_examples(cfg)}
     trajs = [t for t in trajs if t.example_id in examples]
     out.mkdir(parents=True, exist_ok=True)
