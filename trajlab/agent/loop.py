@@ -239,8 +239,8 @@ class AgentLoop:
     def resume(self, example: Example, traj: Trajectory, cut: int, sample_index: int) -> _Episode:
         """A partial episode holding the first `cut` segments of a stored trajectory, to be
         continued as if this loop had sampled them. segments[cut] must be a model turn (so
-        the cut falls after the prompt or after an observation), and the stored prompt must be the one
-        this loop renders for `example` with its tokenizer."""
+        the cut falls after the prompt or after an observation), and the stored prompt must
+        be the one this loop renders for `example` with its tokenizer."""
         if self.config.stateful:
             raise ValueError("a stored trajectory cannot be resumed with stateful tool sessions")
         if not 0 < cut < len(traj.segments) or traj.segments[cut].source != "model":

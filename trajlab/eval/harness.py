@@ -342,15 +342,19 @@ def batch_sampling(config: EvalConfig, chunk: list[tuple[Example, int]]) -> Samp
     batches the same random draws: samples of different questions would be correlated,
     and intervals over questions too narrow. A resumed run meets the same batches (they
     are written whole), so it samples what the uninterrupted run would have."""
-    import zlib
-
     params = config.sampling()
     if params.greedy or not chunk:
         return params
     ex, i = chunk[0]
-    key = zlib.crc32(f"{ex.id}\x00{i}".encode())
-    params.seed = (config.seed * 1_000_003 + key) % (1 << 31)
+    params.seed = keyed_seed(config.seed, f"{ex.id}\x00{i}")
     return params
+
+
+def keyed_seed(seed: int, key: str) -> int:
+    """A sampling seed of its own for the batch `key` names, derived from the run's seed."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (1 << 31)
 
 
 def load_engine(config: EvalConfig, model: Any = None, tokenizer: Any = None) -> Engine:

@@ -13,12 +13,13 @@ trainable like any rollout. Modules:
                 a generative judge whose grading trajectories are stored
 - orm.py        `trajlab orm`: an outcome reward model (a probe on the frozen model's
                 hidden state) trained from scored samples, the `orm:DIR` verifier
+- prm.py        `trajlab prm`: a process reward model (a value probe) trained on
+                Monte-Carlo labels of turn prefixes, the `prm:DIR` verifier
 - beam.py       verifier-guided beam search over turns (the `beam` method)
 - run.py        `trajlab test-time`: samples through the evaluation harness, scores,
                 selects at every budget and writes a run directory with the
                 compute-accuracy curve (docs/search_methods.md)
 
-Not here (yet): a process reward model, steps smaller than a turn, MCTS, DOTS, PlanGEN,
-Retro-Search.
+Not here (yet): steps smaller than a turn, MCTS, DOTS, PlanGEN, Retro-Search.
 This package is not the `search` tool (trajlab.tools.search), which retrieves passages.
 """

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -69,14 +68,14 @@ def label_prefixes(
 ) -> None:
     """Continue every (trajectory, cut) `rollouts` times and append its label to
     out/labels.jsonl and the continuations to out/rollouts.jsonl, a batch at a time."""
+    from trajlab.eval.harness import keyed_seed
+
     per_batch = max(1, batch_size // rollouts)
     base = loop.sampling
     for s in range(0, len(prefixes), per_batch):
         chunk = prefixes[s : s + per_batch]
         first = f"{chunk[0][0].example_id}/{chunk[0][0].sample_index}/{chunk[0][1]}"
-        loop.sampling = replace(
-            base, seed=(seed * 1_000_003 + zlib.crc32(first.encode())) % (1 << 31)
-        )
+        loop.sampling = replace(base, seed=keyed_seed(seed, first))
         eps = [
             loop.resume(examples[t.example_id], t, cut, t.sample_index * 1000 + cut * rollouts + r)
             for t, cut in chunk
@@ -209,7 +208,7 @@ def main(args: argparse.Namespace, engine: Any = None) -> int:
     examples = {ex.id: ex for ex in load_examples(cfg)}
     trajs = [t for t in trajs if t.example_id in examples]
     out.mkdir(parents=True, exist_ok=True)
-    done = _labelled(out)
+    done = _labelled(out, prune_rollouts=True)
     prefixes = [(t, c) for t in trajs for c in step_cuts(t)]
     todo = [(t, c) for t, c in prefixes if (t.example_id, t.sample_index, c) not in done]
     print(
@@ -289,11 +288,13 @@ def main(args: argparse.Namespace, engine: Any = None) -> int:
     return 0
 
 
-def _labelled(out: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
+def _labelled(
+    out: Path, prune_rollouts: bool = False
+) -> dict[tuple[str, int, int], dict[str, Any]]:
     """The labels an earlier (maybe interrupted) run left in out/labels.jsonl, keyed by
-    (example id, sample index, cut). A line cut short is dropped, and so are continuations
-    in rollouts.jsonl whose prefix has no label (its batch ended before the label was
-    written, so it is rolled out again)."""
+    (example id, sample index, cut). A line cut short is dropped; with `prune_rollouts`,
+    so are continuations in rollouts.jsonl whose prefix has no label (their batch ended
+    before its labels were written, so it is rolled out again)."""
     path = out / "labels.jsonl"
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
     if path.is_file():
@@ -305,7 +306,7 @@ def _labelled(out: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
             r = json.loads(ln)
             rows[(r["example_id"], r["sample_index"], r["cut"])] = r
     roll = out / "rollouts.jsonl"
-    if roll.is_file():
+    if prune_rollouts and roll.is_file():
         keep = []
         for ln in roll.read_text().splitlines(keepends=True):
             t = _json_or_none(ln) if ln.endswith("\n") else None

@@ -82,11 +82,9 @@ def plot_runs(runs: list[Path], path: Path) -> Path:
     lines: dict[str, list[list[tuple[float, float]]]] = defaultdict(list)
     for run in runs:
         m = json.loads((Path(run) / "metrics.json").read_text())
-        verifier = (
-            m["verifier"].split(":", 1)[0]
-            if m["verifier"][:4] in ("orm:", "prm:")
-            else m["verifier"]
-        )  # no paths
+        verifier = m["verifier"]
+        if verifier.startswith(("orm:", "prm:")):
+            verifier = verifier[:3]  # no paths in labels
         label = m["method"] + ("" if verifier == "none" else f" ({verifier})")
         x = [r["model_tokens_per_question"] + r["verifier_tokens_per_question"] for r in m["curve"]]
         lines[label].append(list(zip(x, (r["accuracy"] for r in m["curve"]))))
